@@ -1,0 +1,24 @@
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install test test-fast demo bench lint
+
+# torch is pinned to the CPU build this machine type carries; a GPU machine can install its own first.
+install:
+	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q "torch>=2.2,<3"
+	$(PIP) install -q -e ".[dev,hf]"
+
+test: install
+	$(PYTHON) -m pytest -q
+
+test-fast: install
+	$(PYTHON) -m pytest -q -m "not slow"
+
+demo: install
+	seqlab train charlm-lstm
+
+bench: install
+	$(PYTHON) benchmarks/recurrent.py
+
+lint:
+	$(PYTHON) -m ruff check src tests benchmarks
