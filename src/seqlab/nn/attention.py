@@ -32,7 +32,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["masked_softmax", "AdditiveAttention", "DotAttention", "GeneralAttention"]
+__all__ = ["AdditiveAttention", "DotAttention", "GeneralAttention", "masked_softmax"]
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
