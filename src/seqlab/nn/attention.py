@@ -45,7 +45,7 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
         return torch.softmax(scores, dim=-1)
     valid = mask.unsqueeze(1)  # (N, 1, S), broadcast over the queries
     weights = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)
-    # exp(-inf) is already 0 for padding; this only turns the NaN rows of fully masked inputs into 0.
+    # exp(-inf) is already 0 for padding; this only zeroes the NaN rows of fully masked inputs.
     return weights.masked_fill(~valid, 0.0)
 
 
@@ -160,8 +160,8 @@ class DotAttention(nn.Module):
         queries, squeeze = _as_queries(query)  # (N, T, Hq)
         if queries.size(-1) != keys.size(-1):
             raise ValueError(
-                f"dot attention needs query size == key size, got {queries.size(-1)} "
-                f"and {keys.size(-1)}; use GeneralAttention or AdditiveAttention for different sizes"
+                f"dot attention needs query size == key size, got {queries.size(-1)} and "
+                f"{keys.size(-1)}; use GeneralAttention or AdditiveAttention for different sizes"
             )
         scores = torch.bmm(queries, keys.transpose(1, 2))  # (N, T, Hq) @ (N, Hk, S) -> (N, T, S)
         return _attend(scores, values, mask, squeeze)
