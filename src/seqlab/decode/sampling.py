@@ -1,0 +1,100 @@
+"""Choosing the next token from logits: greedy, temperature, top-k and nucleus (top-p) sampling.
+
+Given logits z over a vocabulary of V tokens, sampling at temperature T draws from
+
+    p_i = softmax(z / T)_i
+
+after two optional truncations that remove the unreliable tail of the distribution:
+
+* top-k (Fan et al., 2018, "Hierarchical Neural Story Generation"): keep the k largest logits;
+* top-p, or nucleus sampling (Holtzman et al., 2020, "The Curious Case of Neural Text
+  Degeneration"): keep the smallest set of most likely tokens whose probabilities sum to at
+  least p.
+
+Removed tokens get the logit -inf, so they have probability zero after the softmax.
+Temperature 0 is the limit T -> 0, i.e. greedy decoding (argmax).
+
+Shapes: N batch, V vocabulary size. ``logits`` is (N, V); the result is a LongTensor (N,).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["filter_top_k", "filter_top_p", "sample_next_token"]
+
+
+def _check_top_k(top_k: int) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k should be an integer >= 1 or None, got {top_k!r}")
+
+
+def _check_top_p(top_p: float) -> None:
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p should be a number in (0, 1] or None, got {top_p!r}")
+
+
+def filter_top_k(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Return a copy of ``logits`` (..., V) with every logit outside the ``top_k`` largest set to -inf.
+
+    Tokens tied with the k-th largest logit are all kept. ``top_k`` larger than V keeps everything.
+    """
+    _check_top_k(top_k)
+    top_k = min(top_k, logits.size(-1))
+    kth_largest = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Return a copy of ``logits`` (..., V) keeping only the nucleus of probability mass ``top_p``.
+
+    The nucleus is the smallest set of most likely tokens whose softmax probabilities sum to at
+    least ``top_p``; the most likely token is always kept. ``top_p=1`` keeps everything.
+    """
+    _check_top_p(top_p)
+    if top_p == 1.0:
+        # Rounding in the cumulative sum must not drop a token when everything is asked for.
+        return logits.clone()
+    sorted_logits, sorted_indices = torch.sort(logits, dim=-1, descending=True)  # (..., V)
+    sorted_probs = torch.softmax(sorted_logits, dim=-1)
+    # Mass of the strictly more likely tokens: a token is kept while that mass is still short of
+    # top_p, which keeps exactly the tokens needed to reach top_p and always keeps the first one.
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    remove_sorted = mass_before >= top_p
+    remove = remove_sorted.scatter(-1, sorted_indices, remove_sorted)  # back to vocabulary order
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row of ``logits`` (N, V); returns a LongTensor (N,).
+
+    ``temperature=0`` is greedy decoding (argmax; ``top_k`` / ``top_p`` then change nothing).
+    Otherwise the logits are divided by ``temperature``, truncated with :func:`filter_top_k` and
+    then :func:`filter_top_p`, and one token is drawn from the softmax with ``generator``, so a
+    seeded generator makes the draw reproducible.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits should have shape (N, V), got {tuple(logits.shape)}")
+    if temperature < 0:
+        raise ValueError(f"temperature should be a number >= 0 (0 is greedy), got {temperature!r}")
+    if top_k is not None:
+        _check_top_k(top_k)
+    if top_p is not None:
+        _check_top_p(top_p)
+
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+
+    logits = logits.float() / temperature
+    if top_k is not None:
+        logits = filter_top_k(logits, top_k)
+    if top_p is not None:
+        logits = filter_top_p(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)  # (N, V)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (N,)
