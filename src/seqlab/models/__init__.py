@@ -1,1 +1,18 @@
-"""seqlab.models."""
+"""Task models assembled from seqlab.nn: classifier, tagger, language model, seq2seq, captioner."""
+
+from seqlab.models.classifier import SequenceClassifier
+from seqlab.models.language_model import LanguageModel, detach_state
+from seqlab.models.outputs import ClassifierOutput, LMOutput, TaggerOutput
+from seqlab.models.recurrent import recurrent_layer
+from seqlab.models.tagger import SequenceTagger
+
+__all__ = [
+    "recurrent_layer",
+    "SequenceClassifier",
+    "SequenceTagger",
+    "LanguageModel",
+    "detach_state",
+    "ClassifierOutput",
+    "TaggerOutput",
+    "LMOutput",
+]

@@ -1,0 +1,50 @@
+"""Small output records returned by the task models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ClassifierOutput", "TaggerOutput", "LMOutput"]
+
+# A recurrent state: h_n for RNN / GRU, (h_n, c_n) for LSTM, each (num_layers * D, N, H).
+RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class ClassifierOutput:
+    """Output of :class:`~seqlab.models.SequenceClassifier`.
+
+    logits: (N, C) class scores, or (N, C) predicted values for a regressor.
+    loss: scalar cross-entropy (or mean squared error) when targets were given, else None.
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+@dataclass
+class TaggerOutput:
+    """Output of :class:`~seqlab.models.SequenceTagger`.
+
+    logits: (N, L, C) per-step tag scores, or (N, L, output_size) per-step predictions.
+    loss: scalar loss averaged over valid (non-padding) steps when targets were given, else None.
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+@dataclass
+class LMOutput:
+    """Output of :class:`~seqlab.models.LanguageModel`.
+
+    logits: (N, L, V) next-token scores.
+    loss: scalar next-token cross-entropy when targets were given, else None.
+    state: the recurrent state after the last step, to feed into the next chunk or step.
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    state: RecurrentState | None = None
