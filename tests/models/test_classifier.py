@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from seqlab.models import ClassifierOutput, SequenceClassifier

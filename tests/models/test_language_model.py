@@ -91,7 +91,7 @@ def test_greedy_generation_equals_a_hand_written_loop():
 def test_sampled_generation_is_reproducible_and_follows_sample_next_token():
     model = make_model("lstm")
     prompt = [1, 4, 2]
-    settings = dict(temperature=0.9, top_k=6, top_p=0.95)
+    settings = {"temperature": 0.9, "top_k": 6, "top_p": 0.95}
     runs = [model.generate(prompt, 8, generator=torch.Generator().manual_seed(7), **settings)
             for _ in range(2)]
     assert torch.equal(runs[0], runs[1])

@@ -2,4 +2,4 @@
 
 from seqlab.decode.sampling import filter_top_k, filter_top_p, sample_next_token
 
-__all__ = ["sample_next_token", "filter_top_k", "filter_top_p"]
+__all__ = ["filter_top_k", "filter_top_p", "sample_next_token"]

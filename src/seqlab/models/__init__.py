@@ -7,12 +7,12 @@ from seqlab.models.recurrent import recurrent_layer
 from seqlab.models.tagger import SequenceTagger
 
 __all__ = [
-    "recurrent_layer",
+    "ClassifierOutput",
+    "LMOutput",
+    "LanguageModel",
     "SequenceClassifier",
     "SequenceTagger",
-    "LanguageModel",
-    "detach_state",
-    "ClassifierOutput",
     "TaggerOutput",
-    "LMOutput",
+    "detach_state",
+    "recurrent_layer",
 ]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ClassifierOutput", "TaggerOutput", "LMOutput"]
+__all__ = ["ClassifierOutput", "LMOutput", "TaggerOutput"]
 
 # A recurrent state: h_n for RNN / GRU, (h_n, c_n) for LSTM, each (num_layers * D, N, H).
 RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["POOLINGS", "lengths_to_mask", "pool_outputs", "merge_final_states"]
+__all__ = ["POOLINGS", "lengths_to_mask", "merge_final_states", "pool_outputs"]
 
 POOLINGS = ("last", "mean", "max")
 

@@ -70,15 +70,15 @@ def recurrent_layer(
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout should be a number in range [0, 1], got {dropout!r}")
 
-    common = dict(
-        input_size=input_size,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        batch_first=True,
-        dropout=dropout if num_layers > 1 else 0.0,
-        bidirectional=bidirectional,
-        merge_mode=merge_mode,
-    )
+    common = {
+        "input_size": input_size,
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "batch_first": True,
+        "dropout": dropout if num_layers > 1 else 0.0,
+        "bidirectional": bidirectional,
+        "merge_mode": merge_mode,
+    }
     if cell == "rnn":
         return RNN(**common, nonlinearity=nonlinearity, init=init)
     if cell == "lstm":
