@@ -181,13 +181,17 @@ class Tokenizer:
 
         if kind == "bpe":
             backend = _bpe_backend(lowercase, byte_level)
+            options = (
+                {"initial_alphabet": pre_tokenizers.ByteLevel.alphabet()}
+                if byte_level
+                else {"end_of_word_suffix": "</w>"}
+            )
             trainer = trainers.BpeTrainer(
                 vocab_size=vocab_size,
                 min_frequency=min_frequency,
                 special_tokens=list(SPECIAL_TOKENS),
-                initial_alphabet=pre_tokenizers.ByteLevel.alphabet() if byte_level else [],
-                end_of_word_suffix=None if byte_level else "</w>",
                 show_progress=False,
+                **options,
             )
         else:
             backend = _char_backend(lowercase) if kind == "char" else _word_backend(lowercase)
