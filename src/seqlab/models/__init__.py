@@ -4,12 +4,15 @@ from seqlab.models.classifier import SequenceClassifier
 from seqlab.models.language_model import LanguageModel, detach_state
 from seqlab.models.outputs import ClassifierOutput, LMOutput, TaggerOutput
 from seqlab.models.recurrent import recurrent_layer
+from seqlab.models.seq2seq import Seq2Seq, Seq2SeqOutput
 from seqlab.models.tagger import SequenceTagger
 
 __all__ = [
     "ClassifierOutput",
     "LMOutput",
     "LanguageModel",
+    "Seq2Seq",
+    "Seq2SeqOutput",
     "SequenceClassifier",
     "SequenceTagger",
     "TaggerOutput",
