@@ -1,1 +1,5 @@
-"""seqlab.viz."""
+"""Plots: training curves (more views, such as attention maps, live beside them)."""
+
+from seqlab.viz.curves import plot_metrics
+
+__all__ = ["plot_metrics"]

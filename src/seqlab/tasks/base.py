@@ -1,0 +1,215 @@
+"""What a task kind provides to the training loop, `seqlab eval` and `seqlab predict`.
+
+A task turns the typed `data` / `model` / `predict` config sections into data splits, a model,
+metrics and predictions. The loop in `seqlab.train.loop` only ever calls the methods below, so a
+new task kind is one file in `seqlab/tasks/` that subclasses :class:`Task` and registers itself
+with :func:`seqlab.tasks.register_task`, plus one recipe YAML.
+
+Batches are addressed by small keys (a list of example indices, a chunk offset) so that resuming
+in the middle of an epoch can skip batches without building them; `collate(key)` builds the
+tensors. The order of keys depends only on (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from seqlab.train.config import StrictModel
+
+__all__ = [
+    "Task",
+    "StepOutput",
+    "RecurrentModelConfig",
+    "NoPredictConfig",
+    "split_off",
+    "shard_batches",
+    "example_batches",
+    "eval_batches",
+    "require_path",
+    "to_device",
+    "mean_metrics",
+]
+
+
+@dataclass
+class StepOutput:
+    """One training step's result: the loss to minimise, how many items it covered (for
+    throughput), and the state to carry into the next batch (truncated BPTT), if any."""
+
+    loss: torch.Tensor
+    count: int
+    carry: Any = None
+
+
+class NoPredictConfig(StrictModel):
+    """Tasks without prediction options."""
+
+
+_CELL_OPTION_DEFAULTS = {
+    "nonlinearity": ("rnn", "tanh"),
+    "init": ("rnn", "default"),
+    "peephole": ("lstm", False),
+    "coupled": ("lstm", False),
+    "reset_after": ("gru", True),
+}
+
+
+class RecurrentModelConfig(StrictModel):
+    """The recurrent encoder every built-in task uses (`model.*` keys)."""
+
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    hidden_size: int = Field(128, ge=1)
+    num_layers: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0, le=1)
+    bidirectional: bool = False
+    merge_mode: Literal["concat", "sum", "mean", "max"] = "concat"
+    nonlinearity: Literal["tanh", "relu"] = "tanh"
+    init: Literal["default", "identity"] = "default"
+    peephole: bool = False
+    coupled: bool = False
+    reset_after: bool = True
+
+    @model_validator(mode="after")
+    def _check_cell_options(self):
+        for name, (owner, default) in _CELL_OPTION_DEFAULTS.items():
+            value = getattr(self, name)
+            if self.cell != owner and value != default:
+                raise ValueError(
+                    f"model.{name}={value!r} only applies to model.cell={owner}, "
+                    f"but model.cell={self.cell} (leave model.{name} at {default!r})"
+                )
+        return self
+
+    def cell_options(self) -> dict[str, Any]:
+        """Keyword arguments shared by SequenceClassifier / SequenceTagger / LanguageModel."""
+        return dict(
+            cell=self.cell, hidden_size=self.hidden_size, num_layers=self.num_layers,
+            dropout=self.dropout, nonlinearity=self.nonlinearity, init=self.init,
+            peephole=self.peephole, coupled=self.coupled, reset_after=self.reset_after,
+        )
+
+
+def split_off(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(kept, held_out): a seeded random `fraction` of `items` held out for validation."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    held = max(1, int(round(len(items) * fraction))) if len(items) > 1 else 0
+    held_set = set(order[:held])
+    kept = [item for i, item in enumerate(items) if i not in held_set]
+    return kept, [items[i] for i in sorted(held_set)]
+
+
+def shard_batches(batches: list, rank: int, world_size: int) -> list:
+    """This rank's share of an epoch's batches; every rank gets the same number of steps."""
+    if world_size == 1:
+        return batches
+    per_rank = len(batches) // world_size
+    return batches[rank::world_size][:per_rank]
+
+
+class Task:
+    """Base class of task kinds. Subclasses set the class attributes and override the methods."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    DataConfig: ClassVar[type[StrictModel]]
+    ModelConfig: ClassVar[type[StrictModel]] = RecurrentModelConfig
+    PredictConfig: ClassVar[type[StrictModel]] = NoPredictConfig
+    # The validation metric that picks the best checkpoint and drives early stopping.
+    metric: ClassVar[str] = "loss"
+    mode: ClassVar[str] = "min"
+    unit: ClassVar[str] = "ex"  # what `StepOutput.count` counts, for the throughput display
+
+    def __init__(self, data: StrictModel, model: StrictModel, predict: StrictModel, seed: int = 0,
+                 recipe: str | None = None):
+        self.recipe = recipe
+        self.data = data
+        self.model_config = model
+        self.predict_config = predict
+        self.seed = seed
+
+    # Data -------------------------------------------------------------------------------
+    def prepare(self, fit_vocab: bool = True) -> None:
+        """Read or generate the splits; raise DataError / ConfigError for the user's data.
+
+        With `fit_vocab=False` the vocabularies come from `load_artifacts` (resume, eval)."""
+        raise NotImplementedError
+
+    def splits(self) -> list[str]:
+        """Evaluation splits available after `prepare` ("valid", and "test" when there is one)."""
+        raise NotImplementedError
+
+    def train_batches(self, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list:
+        raise NotImplementedError
+
+    def collate(self, key: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # Artifacts ---------------------------------------------------------------------------
+    def save_artifacts(self, run_dir: Path) -> None:
+        """Write what `predict` needs besides the weights (tokenizer.json, labels.json, ...)."""
+
+    def load_artifacts(self, run_dir: Path) -> None:
+        """Read back what `save_artifacts` wrote."""
+
+    # Model and metrics -------------------------------------------------------------------
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def training_step(self, model: torch.nn.Module, batch: dict, carry: Any) -> StepOutput:
+        raise NotImplementedError
+
+    def evaluate(self, model: torch.nn.Module, split: str, batch_size: int, device: torch.device) -> dict[str, float]:
+        raise NotImplementedError
+
+    # Using the trained model -------------------------------------------------------------
+    def predict(self, model: torch.nn.Module, inputs: list[str], device: torch.device) -> list[str]:
+        raise NotImplementedError
+
+    def report(self, model: torch.nn.Module, device: torch.device) -> list[str]:
+        """A few lines shown at the end of training (e.g. sampled text)."""
+        return []
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def mean_metrics(totals: dict[str, float], count: float) -> dict[str, float]:
+    """Divide summed metrics by the number of items; NaN when there were none."""
+    return {k: (v / count if count else math.nan) for k, v in totals.items()}
+
+
+def example_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+) -> list[list[int]]:
+    """An epoch's batches of example indices: length-bucketed, shuffled by (seed, epoch), sharded."""
+    from seqlab.data.batching import bucket_batches
+
+    order = bucket_batches(lengths, batch_size, shuffle=True, seed=seed, epoch=epoch)
+    return shard_batches(order, rank, world_size)
+
+
+def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Unshuffled, length-sorted batches for evaluation (less padding, same numbers)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def require_path(value: str | None, key: str, recipe: str | None, what: str) -> str:
+    """The path in config key `key`, or a ConfigError that shows the exact override to give."""
+    from seqlab.train.config import ConfigError
+
+    if value:
+        return value
+    name = recipe or "FILE.yaml"
+    raise ConfigError(
+        f"{name} needs {what}: give it with {key}=PATH, e.g. `seqlab train {name} {key}=PATH`"
+    )

@@ -1,0 +1,262 @@
+"""Typed, strict run configuration: YAML file or built-in recipe, plus `key.sub=value` overrides.
+
+A run config has four sections and two names::
+
+    recipe: charlm-lstm          # set from the recipe or file name
+    task: lm                     # which seqlab.tasks kind builds data, model and metrics
+    data:    {...}               # validated by the task's DataConfig
+    model:   {...}               # validated by the task's ModelConfig
+    trainer: {...}               # TrainerConfig below (same for every task)
+    predict: {...}               # validated by the task's PredictConfig
+
+Every section is a pydantic model with ``extra="forbid"``: an unknown key is an error that names
+the key and suggests the nearest known one, a wrong type names the key, the value and the expected
+type, and enum-like keys list their allowed values. Errors are raised as :class:`ConfigError`, one
+readable line each.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ConfigError",
+    "StrictModel",
+    "TrainerConfig",
+    "RunConfig",
+    "parse_override",
+    "apply_overrides",
+    "load_config",
+    "validate_config",
+    "recipe_path",
+    "list_recipes",
+]
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A problem with a config file, a recipe name or an override; the message is for the user."""
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainerConfig(StrictModel):
+    """Options of the training loop, shared by every task."""
+
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
+    momentum: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["constant", "cosine", "plateau"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr: float = Field(0.0, ge=0)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    plateau_patience: int = Field(1, ge=0)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    clip_grad_value: float | None = Field(None, gt=0)
+    eval_every: int | None = Field(None, ge=1)
+    save_every: int | None = Field(None, ge=1)
+    log_every: int = Field(10, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    max_time_minutes: float | None = Field(None, gt=0)
+    progress: bool = True
+    num_threads: int | None = Field(None, ge=1)
+
+
+class RunConfig(StrictModel):
+    """The whole run: names plus the four sections (data/model/predict checked by the task)."""
+
+    recipe: str | None = None
+    description: str = ""
+    task: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    model: dict[str, Any] = Field(default_factory=dict)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    predict: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_task(self) -> RunConfig:
+        from seqlab.tasks import task_names
+
+        if self.task not in task_names():
+            raise ValueError(_unknown_choice("task", self.task, task_names()))
+        return self
+
+    def section(self, name: str) -> BaseModel:
+        """The typed object for `data`, `model` or `predict`, built by the task's schema."""
+        from seqlab.tasks import get_task
+
+        schema = getattr(get_task(self.task), f"{name.capitalize()}Config")
+        return _validate(schema, getattr(self, name), prefix=f"{name}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config (every default filled in), as written to `config.yaml`."""
+        return {
+            "recipe": self.recipe,
+            "description": self.description,
+            "task": self.task,
+            "data": self.section("data").model_dump(),
+            "model": self.section("model").model_dump(),
+            "trainer": self.trainer.model_dump(),
+            "predict": self.section("predict").model_dump(),
+        }
+
+
+def _unknown_choice(key: str, value: Any, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(str(value), allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{key}={value!r} is not one of: {', '.join(allowed)}{hint}"
+
+
+def _fields_at(schema: type[BaseModel], path: tuple) -> list[str]:
+    """Known field names of the (nested) model that `path` points into."""
+    for part in path:
+        field = schema.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            schema = annotation
+        else:
+            return []
+    return list(schema.model_fields)
+
+
+def _describe_error(schema: type[BaseModel], error: dict, prefix: str) -> str:
+    loc = tuple(error["loc"])
+    key = prefix + ".".join(str(part) for part in loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        known = _fields_at(schema, loc[:-1])
+        section = prefix + ".".join(str(p) for p in loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
+        hint = f"; did you mean {(section + '.' if section else '') + close[0]!r}?" if close else ""
+        where = f" in section {section!r}" if section else ""
+        return f"unknown config key {key!r}{where}{hint} (known keys: {', '.join(known)})"
+    if kind == "missing":
+        return f"config key {key!r} is required"
+    if kind == "value_error":
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+        message = message.removeprefix("Value error, ")
+        return message if not loc else f"{key}: {message}"
+    value = error.get("input")
+    return f"config key {key!r} has value {value!r}: {error['msg'].replace('Input should', 'it should')}"
+
+
+def _validate(schema: type[BaseModel], values: Any, prefix: str = "") -> BaseModel:
+    try:
+        return schema.model_validate(values if values is not None else {})
+    except ValidationError as exc:
+        errors = exc.errors()
+        message = _describe_error(schema, errors[0], prefix)
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        raise ConfigError(message) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`'trainer.lr=3e-4'` -> (['trainer', 'lr'], 0.0003): the value follows YAML scalar rules."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} must look like key.sub=value, e.g. trainer.lr=0.001")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc.problem})") from None
+    return key.split("."), value
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each `a.b=value` in a copy of the nested dict `config`."""
+    result = yaml.safe_load(yaml.safe_dump(config))  # deep copy of plain data
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} holds a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def list_recipes() -> dict[str, str]:
+    """Built-in recipe names mapped to their one-line description."""
+    recipes = {}
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        recipes[path.stem] = str(data.get("description", "")).strip()
+    return recipes
+
+
+def recipe_path(name: str) -> Path:
+    """Path of the built-in recipe `name`; ConfigError listing the recipes when there is none."""
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = sorted(list_recipes())
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"{name!r} is neither a YAML file nor a built-in recipe{hint} "
+            f"(recipes: {', '.join(names)})"
+        )
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def validate_config(values: dict[str, Any]) -> RunConfig:
+    """Check a nested dict against the schema, including the task's own sections."""
+    config = _validate(RunConfig, values)
+    for name in ("data", "model", "predict"):
+        config.section(name)
+    return config
+
+
+def load_config(source: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a recipe name or YAML path, apply overrides, validate. Raises ConfigError."""
+    source = str(source)
+    if source.endswith((".yaml", ".yml")) or Path(source).is_file():
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {source} does not exist")
+        name = path.stem
+    else:
+        path = recipe_path(source)
+        name = source
+    values = apply_overrides(_read_yaml(path), list(overrides or []))
+    values.setdefault("recipe", name)
+    return validate_config(values)

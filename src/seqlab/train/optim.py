@@ -1,0 +1,120 @@
+"""Optimizers and learning-rate schedules: linear warm-up, then constant, cosine or plateau.
+
+Warm-up + cosine (Loshchilov & Hutter 2017, "SGDR", without restarts), for step s (0-based,
+the number of optimizer steps already taken), warm-up W steps, total S steps::
+
+    lr(s) = lr · (s + 1) / W                                          s < W
+    lr(s) = min_lr + (lr − min_lr) · ½ · (1 + cos(π · (s − W) / (S − W)))   W ≤ s ≤ S
+
+"plateau" multiplies the learning rate by `plateau_factor` when the validation metric has not
+improved for `plateau_patience` evaluations (after the warm-up, which is linear as above).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["build_optimizer", "warmup_cosine_factor", "LRSchedule"]
+
+
+def build_optimizer(
+    parameters,
+    name: str,
+    lr: float,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+) -> torch.optim.Optimizer:
+    """One of sgd / adam / adamw / rmsprop over `parameters`."""
+    parameters = [p for p in parameters if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"optimizer={name!r} is not one of: sgd, adam, adamw, rmsprop")
+
+
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """lr(step) / lr for linear warm-up then cosine decay to `min_ratio` (formula in the module doc)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LRSchedule:
+    """Sets the learning rate of every param group before each step; state is plain numbers.
+
+    kind: "constant" | "cosine" | "plateau". Call `lr_for(step)` / `apply(step)` before the
+    optimizer step and `observe(value)` after each evaluation (used by "plateau").
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        kind: str,
+        lr: float,
+        total_steps: int,
+        warmup_steps: int = 0,
+        min_lr: float = 0.0,
+        plateau_factor: float = 0.5,
+        plateau_patience: int = 1,
+        mode: str = "min",
+    ):
+        if kind not in ("constant", "cosine", "plateau"):
+            raise ValueError(f"scheduler={kind!r} is not one of: constant, cosine, plateau")
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode={mode!r} is not one of: min, max")
+        self.optimizer = optimizer
+        self.kind = kind
+        self.lr = lr
+        self.total_steps = total_steps
+        self.warmup_steps = warmup_steps
+        self.min_lr = min_lr
+        self.plateau_factor = plateau_factor
+        self.plateau_patience = plateau_patience
+        self.mode = mode
+        self.scale = 1.0  # product of plateau reductions so far
+        self.best: float | None = None
+        self.bad_evals = 0
+
+    def lr_for(self, step: int) -> float:
+        if self.kind == "cosine":
+            return self.lr * warmup_cosine_factor(
+                step, self.warmup_steps, self.total_steps, self.min_lr / self.lr
+            )
+        warm = (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
+        return max(self.min_lr, self.lr * self.scale) * warm if self.kind == "plateau" else self.lr * warm
+
+    def apply(self, step: int) -> float:
+        lr = self.lr_for(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def observe(self, value: float) -> None:
+        """Record one validation value; a plateau schedule may reduce its scale."""
+        if self.kind != "plateau":
+            return
+        improved = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if improved:
+            self.best, self.bad_evals = value, 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals > self.plateau_patience:
+            self.scale *= self.plateau_factor
+            self.bad_evals = 0
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "best": self.best, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale = float(state["scale"])
+        self.best = state["best"]
+        self.bad_evals = int(state["bad_evals"])

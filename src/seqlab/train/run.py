@@ -1,0 +1,233 @@
+"""A training run from config to run directory, and the run directory back to eval / predict.
+
+Run directory layout::
+
+    config.yaml          the resolved config (every default filled in)
+    model.safetensors    the best weights (by the task's validation metric)
+    tokenizer.json       where the task uses one (+ labels.json / other task artifacts)
+    metrics.jsonl        one JSON line per log step
+    summary.json         {"valid": {...}, "test": {...}, "run": {...}} of the best weights
+    plots/*.png          loss / metric / learning-rate curves
+    checkpoint/          the full training state for --resume
+
+Nothing is written until the config is valid and the data has been read, so a user error leaves
+no half-made run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from seqlab.tasks import get_task
+from seqlab.tasks.base import Task
+from seqlab.train.checkpoint import atomic_write_text, load_weights
+from seqlab.train.config import ConfigError, RunConfig, apply_overrides, validate_config
+from seqlab.train.distributed import DistContext, resolve_device, setup_distributed, teardown_distributed
+from seqlab.train.loop import FitResult, autocast_context, fit
+from seqlab.train.reporting import read_metrics
+
+__all__ = [
+    "RunDirError",
+    "RunResult",
+    "default_run_dir",
+    "seed_everything",
+    "build_task",
+    "train",
+    "load_run_config",
+    "open_run",
+    "evaluate_run",
+    "predict_run",
+]
+
+
+class RunDirError(ValueError):
+    """A path that is not a (complete) seqlab run directory, or one that would be overwritten."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict
+    fit: FitResult
+    report: list[str] = field(default_factory=list)
+    plots: list[Path] = field(default_factory=list)
+
+
+def default_run_dir(recipe: str | None) -> Path:
+    """`runs/<recipe>-<UTC timestamp>` under the current directory."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    path = Path("runs") / f"{recipe or 'run'}-{stamp}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = Path("runs") / f"{recipe or 'run'}-{stamp}-{suffix}"
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_task(config: RunConfig) -> Task:
+    cls = get_task(config.task)
+    return cls(config.section("data"), config.section("model"), config.section("predict"),
+               seed=config.trainer.seed, recipe=config.recipe)
+
+
+def _build_model(task: Task) -> torch.nn.Module:
+    try:
+        return task.build_model()
+    except ValueError as exc:
+        # Model constructors check their arguments; those come straight from `model.*` keys.
+        raise ConfigError(f"invalid model settings: {exc}") from None
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """The resolved config of a run directory, with optional `key=value` overrides."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise RunDirError(f"{run_dir} is not a seqlab run directory (no config.yaml in it)")
+    try:
+        values = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        raise RunDirError(f"{config_path} is not valid YAML; the run directory is damaged") from None
+    if not isinstance(values, dict):
+        raise RunDirError(f"{config_path} does not hold a seqlab config")
+    return validate_config(apply_overrides(values, list(overrides or [])))
+
+
+def _write_summary(run_dir: Path, summary: dict) -> None:
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _evaluate_splits(task: Task, model: torch.nn.Module, batch_size: int, device: torch.device,
+                     precision: str) -> dict[str, dict[str, float]]:
+    results = {}
+    for split in task.splits():
+        with autocast_context(device, precision):
+            results[split] = task.evaluate(model, split, batch_size, device)
+    return results
+
+
+def train(
+    config: RunConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    stop_after_step: int | None = None,
+    console=None,
+) -> RunResult:
+    """Train as `config` says into `run_dir` (a new directory unless `resume`).
+
+    Raises ConfigError / DataError / RunDirError / CheckpointError for user errors (before
+    anything is written for a new run) and TrainingError when the loss goes non-finite.
+    """
+    trainer = config.trainer
+    if trainer.num_threads:
+        torch.set_num_threads(trainer.num_threads)
+    try:
+        device_context = setup_distributed(trainer.device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        return _train(config, device_context, run_dir, resume, stop_after_step, console)
+    finally:
+        teardown_distributed(device_context)
+
+
+def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_after_step, console) -> RunResult:
+    trainer = config.trainer
+    seed_everything(trainer.seed)
+    task = build_task(config)
+    if resume:
+        run_dir = Path(run_dir)
+        if not (run_dir / "checkpoint" / "state.json").is_file():
+            raise RunDirError(f"{run_dir} has no checkpoint to resume from (checkpoint/state.json is missing)")
+        task.load_artifacts(run_dir)
+        task.prepare(fit_vocab=False)
+    else:
+        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config.recipe)
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise RunDirError(
+                f"run directory {run_dir} already exists and is not empty; "
+                f"continue it with --resume {run_dir} or pick another --run-dir"
+            )
+        task.prepare(fit_vocab=True)
+    model = _build_model(task)
+
+    if context.is_main and not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        task.save_artifacts(run_dir)
+    context.barrier()
+
+    result = fit(task, model, trainer, run_dir, context, resume=resume,
+                 stop_after_step=stop_after_step, console=console)
+    if result.stop_reason == "interrupted":
+        return RunResult(run_dir, {}, result)
+
+    load_weights(run_dir / "model.safetensors", model)
+    device = context.device
+    model.to(device)
+    eval_batch_size = trainer.eval_batch_size or trainer.batch_size
+    summary: dict = _evaluate_splits(task, model, eval_batch_size, device, trainer.precision)
+    summary["run"] = {
+        "steps": result.step, "epochs": result.epoch, "best_step": result.best_step,
+        "stop_reason": result.stop_reason, "elapsed_seconds": round(result.elapsed, 2),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "world_size": context.world_size, "device": str(device),
+    }
+    report, plots = [], []
+    if context.is_main:
+        _write_summary(run_dir, summary)
+        from seqlab.viz import plot_metrics
+
+        plots = plot_metrics(read_metrics(run_dir / "metrics.jsonl"), run_dir / "plots")
+        report = task.report(model, device)
+    return RunResult(run_dir, summary, result, report, plots)
+
+
+def open_run(run_dir: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, Task, torch.nn.Module, torch.device]:
+    """Config, task (artifacts loaded) and model (best weights loaded) of a finished run."""
+    run_dir = Path(run_dir)
+    config = load_run_config(run_dir, overrides)
+    if not (run_dir / "model.safetensors").is_file():
+        raise RunDirError(f"{run_dir} has no model.safetensors (the run did not get to its first evaluation)")
+    try:
+        device = resolve_device(config.trainer.device)
+    except ValueError:
+        device = torch.device("cpu")
+    task = build_task(config)
+    task.load_artifacts(run_dir)
+    model = _build_model(task)
+    load_weights(run_dir / "model.safetensors", model)
+    model.to(device).eval()
+    return config, task, model, device
+
+
+def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Metrics of a run's best weights on its evaluation splits (e.g. a new `data.test=PATH`)."""
+    config, task, model, device = open_run(run_dir, overrides)
+    task.prepare(fit_vocab=False)
+    batch_size = config.trainer.eval_batch_size or config.trainer.batch_size
+    return _evaluate_splits(task, model, batch_size, device, config.trainer.precision)
+
+
+def predict_run(run_dir: str | Path, inputs: list[str], overrides: list[str] | None = None) -> list[str]:
+    """One output line per input line: a label, tags, or generated text, depending on the task."""
+    config, task, model, device = open_run(run_dir, overrides)
+    with torch.no_grad():
+        return task.predict(model, inputs, device)
+
