@@ -6,7 +6,7 @@ from torch import nn
 
 from seqlab.nn import GRU, LSTM, RNN
 
-__all__ = ["CELLS", "recurrent_layer"]
+__all__ = ["CELLS", "check_cell", "recurrent_layer"]
 
 CELLS = ("rnn", "lstm", "gru")
 
