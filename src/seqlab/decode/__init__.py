@@ -1,12 +1,16 @@
-"""Decoding: greedy, sampling (temperature / top-k / top-p), beam search."""
+"""Decoding: greedy, sampling (temperature / top-k / top-p), beam search; BLEU / chrF."""
 
 from seqlab.decode.beam import beam_search, gnmt_length_penalty
 from seqlab.decode.greedy import StepModel, greedy_decode, max_output_lengths
 from seqlab.decode.sampling import filter_top_k, filter_top_p, sample_next_token
+from seqlab.decode.scoring import bleu, chrf, exact_match
 
 __all__ = [
     "StepModel",
     "beam_search",
+    "bleu",
+    "chrf",
+    "exact_match",
     "filter_top_k",
     "filter_top_p",
     "gnmt_length_penalty",
