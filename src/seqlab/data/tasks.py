@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import functools
 import math
 import random
 
@@ -199,6 +200,16 @@ def copy_memory(
 DIGITS_SEQUENCES = ("rows", "pixels")
 
 
+@functools.lru_cache(maxsize=1)
+def _load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.tensor(data.data, dtype=torch.float32) / 16.0  # (N, 64)
+    labels = torch.tensor(data.target, dtype=torch.int64)  # (N,)
+    return images, labels
+
+
 def digits(
     sequence: str = "rows",
     permuted: bool = False,
@@ -220,15 +231,11 @@ def digits(
         ``{"train": (x, y), "test": (x, y)}`` with ``x`` float ``(N, 8, 8)`` or ``(N, 64, 1)``
         and ``y`` int64 ``(N,)``; the split is a seeded shuffle.
     """
-    from sklearn.datasets import load_digits
-
     if sequence not in DIGITS_SEQUENCES:
         raise ValueError(f"sequence must be one of {DIGITS_SEQUENCES}, got {sequence!r}")
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    data = load_digits()
-    images = torch.tensor(data.data, dtype=torch.float32) / 16.0  # (N, 64)
-    labels = torch.tensor(data.target, dtype=torch.int64)  # (N,)
+    images, labels = _load_digits()
     if permuted:
         pixel_order = torch.from_numpy(np.random.default_rng([seed, 1]).permutation(64))
         images = images[:, pixel_order]  # (N, 64)
