@@ -44,9 +44,7 @@ def test_bleu_equals_the_formula():
     refs = [r.split() for r in REFERENCES]
     log_precision = 0.0
     for n in range(1, 5):
-        matches = sum(
-            sum((ngrams(h, n) & ngrams(r, n)).values()) for h, r in zip(hyps, refs)
-        )
+        matches = sum(sum((ngrams(h, n) & ngrams(r, n)).values()) for h, r in zip(hyps, refs))
         total = sum(max(len(h) - n + 1, 0) for h in hyps)
         log_precision += math.log(matches / total) / 4
     c, r = sum(map(len, hyps)), sum(map(len, refs))

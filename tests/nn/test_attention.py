@@ -41,8 +41,10 @@ def _modules():
     return [
         (
             additive,
-            lambda q, k: additive.v
-            @ torch.tanh(additive.query_proj.weight @ q + additive.key_proj.weight @ k),
+            lambda q, k: (
+                additive.v
+                @ torch.tanh(additive.query_proj.weight @ q + additive.key_proj.weight @ k)
+            ),
             HQ,
         ),
         (general, lambda q, k: q @ general.weight @ k, HQ),

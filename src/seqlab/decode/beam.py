@@ -100,9 +100,7 @@ def beam_search(
         candidates = scores.unsqueeze(-1) + log_probs.view(searching, beam, vocab)  # (B, K, V)
         top_scores, top_index = candidates.view(searching, beam * vocab).topk(beam, dim=-1)
         # The shrinking beam: a sentence with f finished hypotheses keeps K - f live ones.
-        live = torch.tensor(
-            [beam - len(finished[n]) for n in active], device=device
-        )  # (B,)
+        live = torch.tensor([beam - len(finished[n]) for n in active], device=device)  # (B,)
         top_scores = top_scores.masked_fill(beam_ranks[None, :] >= live[:, None], float("-inf"))
         origin = top_index // vocab  # (B, K) which beam each candidate extends
         tokens = top_index % vocab  # (B, K)
@@ -139,8 +137,10 @@ def beam_search(
     results = []
     for hypotheses in finished:
         ranked = sorted(
-            ((tokens, score / gnmt_length_penalty(length, length_penalty))
-             for tokens, score, length in hypotheses),
+            (
+                (tokens, score / gnmt_length_penalty(length, length_penalty))
+                for tokens, score, length in hypotheses
+            ),
             key=lambda pair: pair[1],
             reverse=True,
         )

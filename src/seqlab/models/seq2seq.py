@@ -236,7 +236,10 @@ class Bridge(nn.Module):
         merged_size = encoder_hidden_size * (
             self.num_directions if merge_mode == "concat" and bidirectional else 1
         )
-        if mode == "last" and (merged_size, encoder_layers) != (decoder_hidden_size, decoder_layers):
+        if mode == "last" and (merged_size, encoder_layers) != (
+            decoder_hidden_size,
+            decoder_layers,
+        ):
             raise ValueError(
                 f"bridge='last' copies the encoder's final states, so it needs the decoder hidden "
                 f"size and layers to equal the encoder's merged state size and layers, got "
