@@ -157,3 +157,18 @@ def test_char_fast_path_matches_the_backend(lowercase):
         assert tokenizer.decode(expected, skip_special=False) == tokenizer.backend.decode(
             expected, skip_special_tokens=False
         )
+
+
+def test_from_words_keeps_pre_split_tokens_and_aligns_ids(tmp_path):
+    sentences = [["The", "U.S.", "said", "."], ["the", "U.S.", "agreed", "."]]
+    tokenizer = Tokenizer.from_words(sentences, lowercase=True, min_frequency=2)
+    # the: 2, u.s.: 2, .: 2 (ties by string: "." < "the" < "u.s."); said / agreed dropped.
+    assert [tokenizer.id_to_token(i) for i in range(5, len(tokenizer))] == [".", "the", "u.s."]
+    words = ["THE", "U.S.", "said", "."]
+    assert tokenizer.encode_words(words) == [6, 7, 1, 5]
+    loaded = Tokenizer.load(tokenizer.save(tmp_path / "tok.json"))
+    assert loaded.kind == "word" and loaded.encode_words(words) == [6, 7, 1, 5]
+    assert Tokenizer.from_words(sentences, max_size=1).get_vocab() == {
+        **{token: i for i, token in enumerate(SPECIAL_TOKENS)},
+        ".": 5,
+    }

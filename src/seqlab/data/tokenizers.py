@@ -23,6 +23,7 @@ string, so training on the same text always gives the same ids.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -62,6 +63,10 @@ def _join_words(words: Sequence[str]) -> str:
             pieces.append(" ")
         pieces.append(word)
     return "".join(pieces)
+
+
+def _normalize(backend: hf.Tokenizer, text: str) -> str:
+    return text if backend.normalizer is None else backend.normalizer.normalize_str(text)
 
 
 def _char_backend(lowercase: bool) -> hf.Tokenizer:
@@ -142,10 +147,10 @@ class Tokenizer:
         self.kind = kind
         self.lowercase = lowercase
         self.byte_level = byte_level
-        # Char tables for the pure-Python fast path (a dict lookup per character is ~50x
+        # Lookup tables for the pure-Python fast paths (a dict lookup per character is ~50x
         # faster than the backend on a megabyte of text, with identical ids).
-        self._char_ids: dict[str, int] | None = None
-        self._id_chars: list[str] | None = None
+        self._token_ids: dict[str, int] | None = None
+        self._id_tokens: list[str] | None = None
 
     @classmethod
     def train(
@@ -215,6 +220,37 @@ class Tokenizer:
             byte_level=byte_level if kind == "bpe" else None,
         )
 
+    @classmethod
+    def from_words(
+        cls,
+        sentences: Iterable[Sequence[str]],
+        lowercase: bool = False,
+        min_frequency: int = 1,
+        max_size: int | None = None,
+    ) -> Tokenizer:
+        """A word tokenizer whose vocabulary is exactly the given, already split tokens.
+
+        For pre-tokenised corpora (CoNLL): ``"U.S."`` stays one token instead of being split at
+        its dots. Ordering matches :meth:`train` (frequency, then token). Encode such tokens with
+        :meth:`encode_words`; free text still goes through the usual word split.
+        """
+        if min_frequency < 1:
+            raise ValueError(f"min_frequency must be >= 1, got {min_frequency}")
+        if max_size is not None and max_size < 1:
+            raise ValueError(f"max_size must be None or >= 1, got {max_size}")
+        backend = _word_backend(lowercase)
+        counts = Counter(_normalize(backend, token) for tokens in sentences for token in tokens)
+        for token in SPECIAL_TOKENS:
+            counts.pop(token, None)
+        ranked = sorted(
+            (token for token, count in counts.items() if count >= min_frequency),
+            key=lambda token: (-counts[token], token),
+        )[:max_size]
+        vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + tuple(ranked))}
+        backend.model = models.WordLevel(vocab, unk_token="<unk>")
+        backend.add_special_tokens(list(SPECIAL_TOKENS))
+        return cls(backend, kind="word", lowercase=lowercase)
+
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
@@ -248,23 +284,22 @@ class Tokenizer:
     def _wrap(self, ids: list[int], add_bos: bool, add_eos: bool) -> list[int]:
         return ([BOS_ID] if add_bos else []) + ids + ([EOS_ID] if add_eos else [])
 
-    def _char_tables(self) -> tuple[dict[str, int], list[str]]:
-        if self._char_ids is None:
-            self._char_ids = self.get_vocab()
-            self._id_chars = [""] * self.vocab_size
-            for token, token_id in self._char_ids.items():
-                self._id_chars[token_id] = token
-        return self._char_ids, self._id_chars
+    def _tables(self) -> tuple[dict[str, int], list[str]]:
+        if self._token_ids is None:
+            self._token_ids = self.get_vocab()
+            self._id_tokens = [""] * self.vocab_size
+            for token, token_id in self._token_ids.items():
+                self._id_tokens[token_id] = token
+        return self._token_ids, self._id_tokens
 
     def _encode_chars(self, text: str) -> list[int] | None:
         """Char ids by table lookup, or None when the backend must decide (a special token
         written out in the text, which the backend matches as one token)."""
         if any(token in text for token in SPECIAL_TOKENS):
             return None
-        if self.backend.normalizer is not None:
-            text = self.backend.normalizer.normalize_str(text)
-        char_ids, _ = self._char_tables()
-        return [char_ids.get(char, UNK_ID) for char in text]
+        text = _normalize(self.backend, text)
+        token_ids, _ = self._tables()
+        return [token_ids.get(char, UNK_ID) for char in text]
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Token ids of ``text``, optionally framed by ``<bos>`` / ``<eos>``."""
@@ -272,6 +307,12 @@ class Tokenizer:
         if ids is None:
             ids = self.backend.encode(text, add_special_tokens=False).ids
         return self._wrap(ids, add_bos, add_eos)
+
+    def encode_words(self, words: Sequence[str]) -> list[int]:
+        """One id per already split token (normalised, e.g. lowercased; unknown -> ``<unk>``),
+        so ids stay aligned with per-token tags."""
+        token_ids, _ = self._tables()
+        return [token_ids.get(_normalize(self.backend, word), UNK_ID) for word in words]
 
     def encode_batch(
         self, texts: Sequence[str], add_bos: bool = False, add_eos: bool = False
@@ -294,8 +335,8 @@ class Tokenizer:
         if self.kind == "word":
             return _join_words([self.id_to_token(i) for i in ids])
         if self.kind == "char" and all(0 <= i < self.vocab_size for i in ids):
-            _, id_chars = self._char_tables()
-            return "".join(id_chars[i] for i in ids)
+            _, id_tokens = self._tables()
+            return "".join(id_tokens[i] for i in ids)
         return self.backend.decode(ids, skip_special_tokens=False)
 
     def decode_batch(self, batch: Iterable[Iterable[int]], skip_special: bool = True) -> list[str]:
