@@ -104,3 +104,9 @@ def test_batch_size_errors():
         batches(4, 0)
     with pytest.raises(ValueError, match="bucket_size_multiplier must be >= 1"):
         bucket_batches([1, 2], 1, bucket_size_multiplier=0)
+
+
+def test_pad_float_lists_keep_their_values():
+    padded, lengths = pad_sequences([[0.5, 1.5], [2.25]])
+    assert torch.equal(padded, torch.tensor([[0.5, 1.5], [2.25, 0.0]]))
+    assert lengths.tolist() == [2, 1]

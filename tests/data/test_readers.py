@@ -208,3 +208,9 @@ def test_read_parallel_errors(tmp_path):
     jsonl = write(tmp_path / "p.jsonl", '{"source": "a"}\n')
     with pytest.raises(DataError, match=r"line 1: no target key 'target'; keys on this line"):
         read_parallel(jsonl)
+
+
+def test_byte_order_mark_is_dropped(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("text,label\nnice,pos\n".encode("utf-8-sig"))
+    assert read_labelled(path) == [("nice", "pos")]

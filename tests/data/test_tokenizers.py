@@ -172,3 +172,10 @@ def test_from_words_keeps_pre_split_tokens_and_aligns_ids(tmp_path):
         **{token: i for i, token in enumerate(SPECIAL_TOKENS)},
         ".": 5,
     }
+
+
+def test_a_single_string_trains_as_one_text():
+    assert (
+        Tokenizer.train("to be", kind="word").get_vocab()
+        == Tokenizer.train(["to be"], kind="word").get_vocab()
+    )

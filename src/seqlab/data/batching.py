@@ -43,7 +43,9 @@ def _as_tensor(sequence: Sequence[int] | torch.Tensor, index: int) -> torch.Tens
     elif isinstance(sequence, np.ndarray):
         tensor = torch.from_numpy(sequence)
     else:
-        tensor = torch.tensor(list(sequence), dtype=torch.int64)
+        values = list(sequence)
+        # Ints give int64 ids, floats stay float; an empty list is an empty id sequence.
+        tensor = torch.tensor(values) if values else torch.zeros(0, dtype=torch.int64)
     if tensor.dim() not in (1, 2):
         raise ValueError(
             f"sequence {index} has {tensor.dim()} dimensions; expected 1 (token ids, shape (T,)) "

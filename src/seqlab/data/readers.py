@@ -68,12 +68,15 @@ def _check_file(path: Path) -> None:
 
 
 def open_text(path: str | Path, newline: str | None = None) -> IO[str]:
-    """Open a UTF-8 text file for reading; a ``.gz`` suffix means gzip, read transparently."""
+    """Open a UTF-8 text file for reading; a ``.gz`` suffix means gzip, read transparently.
+
+    A leading byte-order mark (as spreadsheet programs write) is dropped.
+    """
     path = Path(path)
     _check_file(path)
     if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline=newline)
-    return open(path, encoding="utf-8", newline=newline)
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline=newline)
+    return open(path, encoding="utf-8-sig", newline=newline)
 
 
 def _lines(path: Path, newline: str | None = None) -> Iterator[tuple[int, str]]:

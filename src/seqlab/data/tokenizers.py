@@ -212,6 +212,8 @@ class Tokenizer:
                 special_tokens=list(SPECIAL_TOKENS),
                 show_progress=False,
             )
+        if isinstance(texts, str):
+            texts = [texts]  # one document, not an iterable of one-character texts
         backend.train_from_iterator(iter(texts), trainer=trainer)
         return cls(
             backend,
