@@ -112,7 +112,6 @@ def adding_problem_hs97(
         y = 0.5 + (X1 + X2) / 4.0          (the sum scaled to [0, 1])
 
     A sequence counts as solved when ``|prediction - y| < 0.04`` (``ADDING_HS97_TOLERANCE``).
-    The paper trains until the average absolute error on 2560 fresh sequences is below 0.01.
 
     Reference: Hochreiter & Schmidhuber, "Long Short-Term Memory", Neural Computation 9(8),
     1997, Section 5.4.
@@ -259,12 +258,13 @@ def reversal(
     num_symbols: int = 10,
     seed: int = 0,
 ) -> list[tuple[str, str]]:
-    """Sequence reversal, the toy translation task (as in Sutskever et al. 2014's source
-    reversal trick and many attention tutorials).
+    """Sequence reversal, the smallest sequence-to-sequence task.
 
-    Sources are ``min_length..max_length`` symbols drawn uniformly from the first
-    ``num_symbols`` lowercase letters, separated by spaces; the target is the same symbols in
-    reverse order: ``("c a d", "d a c")``.
+    The first output symbol is the last input symbol, so an encoder-decoder without attention
+    must carry the whole sequence in its final state, while attention learns the (anti-diagonal)
+    alignment directly. Sources are ``min_length..max_length`` symbols drawn uniformly from the
+    first ``num_symbols`` lowercase letters, separated by spaces; the target is the same symbols
+    in reverse order: ``("c a d", "d a c")``.
     """
     _check_positive("size", size)
     _check_positive("min_length", min_length)
