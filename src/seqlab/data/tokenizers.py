@@ -17,7 +17,8 @@ module wraps it with the choices seqlab makes everywhere:
 * one JSON file holds the backend serialisation plus seqlab's own fields (``kind`` ...).
 
 Char and word vocabularies are ordered by frequency (most frequent first), ties by the token
-string, so training on the same text always gives the same ids.
+string, so training on the same text always gives the same ids. A special token written out in
+the text (``"<eos>"``) is read as that token, as in Hugging Face tokenizers.
 """
 
 from __future__ import annotations
