@@ -25,6 +25,7 @@ from seqlab.train.config import StrictModel
 
 __all__ = [
     "Task",
+    "TensorTask",
     "StepOutput",
     "RecurrentModelConfig",
     "NoPredictConfig",
@@ -213,3 +214,53 @@ def require_path(value: str | None, key: str, recipe: str | None, what: str) -> 
     raise ConfigError(
         f"{name} needs {what}: give it with {key}=PATH, e.g. `seqlab train {name} {key}=PATH`"
     )
+
+
+class TensorTask(Task):
+    """Base for tasks whose splits are whole tensors: (x, y) or (x, y, lengths).
+
+    Subclasses fill `self.tensors = {"train": ..., "valid": ..., "test": ...}` in `prepare` and
+    may override `batch_metrics(model, batch)`, which returns sums over the batch of each metric.
+    """
+
+    tensors: dict[str, tuple[torch.Tensor, ...]]
+
+    def splits(self) -> list[str]:
+        return [s for s in ("valid", "test") if s in self.tensors]
+
+    def train_batches(self, epoch, batch_size, rank=0, world_size=1):
+        from seqlab.data.batching import batches
+
+        order = batches(len(self.tensors["train"][1]), batch_size, shuffle=True, seed=self.seed, epoch=epoch)
+        return shard_batches(order, rank, world_size)
+
+    @staticmethod
+    def _slice(tensors: tuple[torch.Tensor, ...], index) -> dict[str, torch.Tensor]:
+        batch = {"inputs": tensors[0][index], "targets": tensors[1][index]}
+        if len(tensors) > 2:
+            batch["lengths"] = tensors[2][index]
+        return batch
+
+    def collate(self, key):
+        return self._slice(self.tensors["train"], torch.as_tensor(key, dtype=torch.long))
+
+    def training_step(self, model, batch, carry):
+        out = model(batch["inputs"], lengths=batch.get("lengths"), targets=batch["targets"])
+        return StepOutput(out.loss, int(batch["inputs"].size(0)))
+
+    def batch_metrics(self, model, batch) -> dict[str, float]:
+        """Sums over the batch of every metric (the loss summed as mean × batch size)."""
+        out = model(batch["inputs"], lengths=batch.get("lengths"), targets=batch["targets"])
+        return {"loss": float(out.loss) * batch["inputs"].size(0)}
+
+    @torch.no_grad()
+    def evaluate(self, model, split, batch_size, device):
+        model.eval()
+        tensors = self.tensors[split]
+        size = len(tensors[1])
+        totals: dict[str, float] = {}
+        for start in range(0, size, batch_size):
+            batch = to_device(self._slice(tensors, slice(start, start + batch_size)), device)
+            for name, value in self.batch_metrics(model, batch).items():
+                totals[name] = totals.get(name, 0.0) + value
+        return mean_metrics(totals, size)

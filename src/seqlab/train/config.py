@@ -203,7 +203,7 @@ def list_recipes() -> dict[str, str]:
     """Built-in recipe names mapped to their one-line description."""
     recipes = {}
     for path in sorted(RECIPES_DIR.glob("*.yaml")):
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = _read_yaml(path)
         recipes[path.stem] = str(data.get("description", "")).strip()
     return recipes
 

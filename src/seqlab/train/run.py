@@ -92,6 +92,18 @@ def _build_model(task: Task) -> torch.nn.Module:
         raise ConfigError(f"invalid model settings: {exc}") from None
 
 
+def _prepare(task: Task, fit_vocab: bool) -> None:
+    from seqlab.data.readers import DataError
+
+    try:
+        task.prepare(fit_vocab=fit_vocab)
+    except (DataError, ConfigError):
+        raise
+    except ValueError as exc:
+        # Generators and tokenizers check their arguments; those come from `data.*` keys.
+        raise ConfigError(f"invalid data settings: {exc}") from None
+
+
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """The resolved config of a run directory, with optional `key=value` overrides."""
     run_dir = Path(run_dir)
@@ -156,7 +168,7 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
         if not (run_dir / "checkpoint" / "state.json").is_file():
             raise RunDirError(f"{run_dir} has no checkpoint to resume from (checkpoint/state.json is missing)")
         task.load_artifacts(run_dir)
-        task.prepare(fit_vocab=False)
+        _prepare(task, fit_vocab=False)
     else:
         run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config.recipe)
         if run_dir.exists() and any(run_dir.iterdir()):
@@ -164,7 +176,7 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
                 f"run directory {run_dir} already exists and is not empty; "
                 f"continue it with --resume {run_dir} or pick another --run-dir"
             )
-        task.prepare(fit_vocab=True)
+        _prepare(task, fit_vocab=True)
     model = _build_model(task)
 
     if context.is_main and not resume:
@@ -220,7 +232,7 @@ def open_run(run_dir: str | Path, overrides: list[str] | None = None) -> tuple[R
 def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Metrics of a run's best weights on its evaluation splits (e.g. a new `data.test=PATH`)."""
     config, task, model, device = open_run(run_dir, overrides)
-    task.prepare(fit_vocab=False)
+    _prepare(task, fit_vocab=False)
     batch_size = config.trainer.eval_batch_size or config.trainer.batch_size
     return _evaluate_splits(task, model, batch_size, device, config.trainer.precision)
 

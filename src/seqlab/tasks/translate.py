@@ -1,0 +1,329 @@
+"""Sequence to sequence (many-to-many, unaligned): translation, reversal, date normalisation.
+
+Data path: (source text, target text) -> one tokenizer shared by both sides -> source ids (N, S)
++ lengths, target ids framed as <bos> ... <eos> (N, T) -> Seq2Seq -> per-token cross-entropy.
+Evaluation adds decoding (greedy, or beam search with `predict.eval_beam_size` > 1) and scores
+the detokenised output against the reference text: BLEU and chrF (sacrebleu, 13a) and exact match.
+Predictions use beam search (`predict.beam_size`, `predict.length_penalty`).
+
+`data.corpus` picks the pairs: `files` (a TSV / JSONL file, or two aligned files given as a
+common prefix plus `data.source_suffix` / `data.target_suffix`, e.g. Multi30k's `train` +
+`.de.gz` / `.en.gz`), or a generated task, `reversal` or `dates` (seqlab.data.tasks).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from seqlab.tasks import register_task
+from seqlab.tasks.base import (
+    StepOutput,
+    Task,
+    eval_batches,
+    example_batches,
+    require_path,
+    split_off,
+    to_device,
+)
+from seqlab.train.config import StrictModel
+
+__all__ = ["TranslateTask"]
+
+
+class TranslateData(StrictModel):
+    corpus: Literal["files", "reversal", "dates"] = "files"
+    train: str | None = None
+    valid: str | None = None
+    test: str | None = None
+    source_suffix: str | None = None
+    target_suffix: str | None = None
+    valid_fraction: float = Field(0.05, gt=0, lt=1)
+    # Generated corpora: sizes, and reversal's lengths and alphabet.
+    train_size: int = Field(20000, ge=1)
+    valid_size: int = Field(500, ge=1)
+    test_size: int = Field(500, ge=1)
+    min_length: int = Field(1, ge=1)
+    max_length: int = Field(20, ge=1)
+    num_symbols: int = Field(10, ge=1, le=26)
+    # Training pairs with more tokens than this on either side are left out (None keeps all).
+    max_tokens: int | None = Field(80, ge=1)
+    tokenizer: Literal["char", "word", "bpe"] = "word"
+    lowercase: bool = False
+    min_frequency: int = Field(1, ge=1)
+    max_vocab: int | None = Field(None, ge=1)
+    bpe_vocab_size: int = Field(8000, ge=6)
+
+    @model_validator(mode="after")
+    def _check_suffixes(self):
+        if (self.source_suffix is None) != (self.target_suffix is None):
+            raise ValueError(
+                "give both data.source_suffix and data.target_suffix (two aligned files, "
+                "e.g. .de.gz and .en.gz) or neither (one TSV / JSONL file)"
+            )
+        return self
+
+
+class TranslateModel(StrictModel):
+    cell: Literal["rnn", "lstm", "gru"] = "gru"
+    embedding_dim: int = Field(128, ge=1)
+    hidden_size: int = Field(256, ge=1)
+    encoder_hidden_size: int | None = Field(None, ge=1)
+    num_layers: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0, le=1)
+    bidirectional: bool = True
+    merge_mode: Literal["concat", "sum", "mean", "max"] = "concat"
+    attention: Literal["none", "bahdanau", "dot", "general"] = "bahdanau"
+    attention_size: int | None = Field(None, ge=1)
+    input_feeding: bool = False
+    bridge: Literal["last", "projection", "zeros"] = "projection"
+    teacher_forcing_ratio: float = Field(1.0, ge=0, le=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    max_source_length: int | None = Field(None, ge=1)
+
+
+class TranslatePredict(StrictModel):
+    beam_size: int = Field(5, ge=1)
+    length_penalty: float = Field(1.0, ge=0)
+    max_length_ratio: float = Field(2.0, gt=0)
+    eval_beam_size: int = Field(1, ge=1)
+    num_examples: int = Field(5, ge=0)
+
+
+@register_task
+class TranslateTask(Task):
+    name = "translate"
+    summary = "sequence to sequence with attention: translation, reversal, dates"
+    DataConfig = TranslateData
+    ModelConfig = TranslateModel
+    PredictConfig = TranslatePredict
+    metric = "loss"
+    mode = "min"
+    unit = "tok"
+
+    tokenizer = None
+
+    def _read(self, path: str) -> list[tuple[str, str]]:
+        from seqlab.data.readers import read_parallel
+
+        data = self.data
+        if data.source_suffix is not None:
+            return read_parallel(path + data.source_suffix, path + data.target_suffix)
+        return read_parallel(path)
+
+    def _pairs(self) -> dict[str, list[tuple[str, str]]]:
+        from seqlab.data import tasks
+
+        data = self.data
+        if data.corpus == "files":
+            what = "parallel text (a TSV / JSONL file, or a prefix with data.source_suffix / data.target_suffix)"
+            train = self._read(require_path(data.train, "data.train", self.recipe, what))
+            pairs = {}
+            if data.valid:
+                pairs["train"], pairs["valid"] = train, self._read(data.valid)
+            else:
+                pairs["train"], pairs["valid"] = split_off(train, data.valid_fraction, self.seed)
+            if data.test:
+                pairs["test"] = self._read(data.test)
+            return pairs
+
+        def generate(size: int, seed: int) -> list[tuple[str, str]]:
+            if data.corpus == "dates":
+                return tasks.dates(size, seed=seed)
+            return tasks.reversal(
+                size,
+                min_length=data.min_length,
+                max_length=data.max_length,
+                num_symbols=data.num_symbols,
+                seed=seed,
+            )
+
+        train = generate(data.train_size, self.seed)
+        seen = {source for source, _ in train}
+        # Held-out pairs whose source occurs in training would only measure memory.
+        held = {
+            split: [pair for pair in generate(size, self.seed + offset) if pair[0] not in seen]
+            for split, size, offset in (("valid", data.valid_size, 1), ("test", data.test_size, 2))
+        }
+        return {"train": train, **held}
+
+    def prepare(self, fit_vocab: bool = True) -> None:
+        from seqlab.data.tokenizers import Tokenizer
+
+        data = self.data
+        pairs = self._pairs()
+        if fit_vocab:
+            # One vocabulary for both sides: reversal and dates share symbols, and a joint
+            # vocabulary is the usual choice for subword translation too.
+            texts = (text for pair in pairs["train"] for text in pair)
+            self.tokenizer = Tokenizer.train(
+                texts,
+                kind=data.tokenizer,
+                lowercase=data.lowercase,
+                min_frequency=data.min_frequency,
+                max_size=data.max_vocab if data.tokenizer != "bpe" else None,
+                vocab_size=data.bpe_vocab_size,
+            )
+        self.references = {split: [target for _, target in items] for split, items in pairs.items()}
+        self.sources = {split: [source for source, _ in items] for split, items in pairs.items()}
+        self.examples = {
+            split: [self._encode(s, t) for s, t in items] for split, items in pairs.items()
+        }
+        if data.max_tokens is not None:
+            limit = data.max_tokens + 2  # the target also holds <bos> and <eos>
+            self.examples["train"] = [
+                (src, tgt)
+                for src, tgt in self.examples["train"]
+                if len(src) <= data.max_tokens and len(tgt) <= limit
+            ]
+        if data.lowercase:
+            self.references = {k: [r.lower() for r in v] for k, v in self.references.items()}
+
+    def _source_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text) or [self.tokenizer.unk_id]
+
+    def _encode(self, source: str, target: str) -> tuple[list[int], list[int]]:
+        return self._source_ids(source), self.tokenizer.encode(target, add_bos=True, add_eos=True)
+
+    def splits(self) -> list[str]:
+        return [s for s in ("valid", "test") if self.examples.get(s)]
+
+    def save_artifacts(self, run_dir: Path) -> None:
+        self.tokenizer.save(run_dir / "tokenizer.json")
+
+    def load_artifacts(self, run_dir: Path) -> None:
+        from seqlab.data.tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
+
+    def build_model(self) -> torch.nn.Module:
+        from seqlab.models import Seq2Seq
+
+        m = self.model_config
+        vocab = self.tokenizer.vocab_size
+        return Seq2Seq(
+            vocab,
+            vocab,
+            embedding_dim=m.embedding_dim,
+            hidden_size=m.hidden_size,
+            cell=m.cell,
+            num_layers=m.num_layers,
+            dropout=m.dropout,
+            bidirectional=m.bidirectional,
+            merge_mode=m.merge_mode,
+            encoder_hidden_size=m.encoder_hidden_size,
+            attention=m.attention,
+            attention_size=m.attention_size,
+            input_feeding=m.input_feeding,
+            bridge=m.bridge,
+            teacher_forcing_ratio=m.teacher_forcing_ratio,
+            label_smoothing=m.label_smoothing,
+            pad_id=self.tokenizer.pad_id,
+            max_source_length=m.max_source_length,
+        )
+
+    def train_batches(self, epoch, batch_size, rank=0, world_size=1):
+        lengths = [len(src) for src, _ in self.examples["train"]]
+        return example_batches(lengths, batch_size, self.seed, epoch, rank, world_size)
+
+    def _collate(self, examples) -> dict[str, torch.Tensor]:
+        from seqlab.data.batching import pad_sequences
+
+        pad = self.tokenizer.pad_id
+        src, src_lengths = pad_sequences([src for src, _ in examples], pad_value=pad)
+        tgt, _ = pad_sequences([tgt for _, tgt in examples], pad_value=pad)
+        return {"src": src, "src_lengths": src_lengths, "tgt": tgt}
+
+    def collate(self, key):
+        return self._collate([self.examples["train"][i] for i in key])
+
+    def training_step(self, model, batch, carry):
+        out = model(batch["src"], batch["src_lengths"], batch["tgt"])
+        tokens = int((batch["tgt"][:, 1:] != self.tokenizer.pad_id).sum())
+        return StepOutput(out.loss, tokens)
+
+    def _decode(self, model, src, src_lengths, beam_size: int) -> list[list[int]]:
+        from seqlab.decode import beam_search, greedy_decode
+
+        p, t = self.predict_config, self.tokenizer
+        if beam_size == 1:
+            results = greedy_decode(
+                model, src, src_lengths, t.bos_id, t.eos_id, max_length_ratio=p.max_length_ratio
+            )
+            return [tokens for tokens, _ in results]
+        results = beam_search(
+            model,
+            src,
+            src_lengths,
+            t.bos_id,
+            t.eos_id,
+            beam_size=beam_size,
+            length_penalty=p.length_penalty,
+            max_length_ratio=p.max_length_ratio,
+        )
+        return [nbest[0][0] for nbest in results]
+
+    @torch.no_grad()
+    def evaluate(self, model, split, batch_size, device):
+        from seqlab.decode import bleu, chrf, exact_match
+
+        model.eval()
+        examples = self.examples[split]
+        hypotheses: list[str] = [""] * len(examples)
+        total_loss, total_tokens = 0.0, 0
+        for key in eval_batches([len(src) for src, _ in examples], batch_size):
+            batch = to_device(self._collate([examples[i] for i in key]), device)
+            out = model(batch["src"], batch["src_lengths"], batch["tgt"])
+            tokens = int((batch["tgt"][:, 1:] != self.tokenizer.pad_id).sum())
+            total_loss += float(out.loss) * tokens
+            total_tokens += tokens
+            decoded = self._decode(
+                model, batch["src"], batch["src_lengths"], self.predict_config.eval_beam_size
+            )
+            for index, ids in zip(key, decoded):
+                hypotheses[index] = self.tokenizer.decode(ids)
+        references = self.references[split]
+        loss = total_loss / max(total_tokens, 1)
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "bleu": bleu(hypotheses, references),
+            "chrf": chrf(hypotheses, references),
+            "exact_match": exact_match(hypotheses, references),
+        }
+
+    def predict(self, model, inputs, device):
+        from seqlab.data.batching import pad_sequences
+        from seqlab.data.readers import DataError
+
+        model.eval()
+        ids = [self._source_ids(text) for text in inputs]
+        limit = self.model_config.max_source_length
+        for line, source in enumerate(ids, start=1):
+            if limit is not None and len(source) > limit:
+                raise DataError(
+                    f"input {line} has {len(source)} tokens, more than model.max_source_length="
+                    f"{limit}; shorten or split it"
+                )
+        src, src_lengths = pad_sequences(ids, pad_value=self.tokenizer.pad_id)
+        decoded = self._decode(
+            model, src.to(device), src_lengths.to(device), self.predict_config.beam_size
+        )
+        return [self.tokenizer.decode(tokens) for tokens in decoded]
+
+    def report(self, model, device):
+        count = self.predict_config.num_examples
+        split = "test" if self.examples.get("test") else "valid"
+        sources = self.sources[split][:count]
+        if not sources:
+            return []
+        outputs = self.predict(model, sources, device)
+        lines = [f"{len(sources)} {split} examples (beam size {self.predict_config.beam_size}):"]
+        for source, output, reference in zip(sources, outputs, self.references[split]):
+            mark = "ok" if output.strip() == reference.strip() else "  "
+            lines.append(f"{mark} {source}  ->  {output}    (reference: {reference})")
+        return lines
