@@ -166,28 +166,57 @@ MERGES = {
 @pytest.mark.parametrize("merge_mode", list(MERGES))
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_layer_equals_cells_unrolled_by_hand(variant, merge_mode):
-    """Two bidirectional layers, variable lengths: each sequence unrolled alone with the cells."""
+    """Two bidirectional layers, variable lengths: each sequence unrolled alone with the cells.
+
+    Outputs, final states and every gradient (input, initial state, each parameter) agree, which
+    checks the layer's hand-written backward pass against autograd through the cell equations.
+    """
     layer = VARIANTS[variant](num_layers=2, bidirectional=True, merge_mode=merge_mode,
-                              batch_first=True)
-    x = torch.randn(N, L, H_IN)
-    output, state = layer(x, lengths=LENGTHS)
-    width = layer.output_size
-    assert output.shape == (N, L, width)
+                              batch_first=True, fused=False)
+    is_lstm = isinstance(layer, LSTM)
+    x = torch.randn(N, L, H_IN, requires_grad=True)
+    h0 = torch.randn(4, N, H, requires_grad=True)
+    c0 = torch.randn(4, N, H, requires_grad=True)
+    output, state = layer(x, (h0, c0) if is_lstm else h0, lengths=LENGTHS)
+    assert output.shape == (N, L, layer.output_size)
+    weights = torch.randn_like(output)
+    ((output * weights).sum() + first(state).square().sum()
+     + (state[1].sum() if is_lstm else 0)).backward()
+
+    cells = {(k, suffix): matching_cell(layer, k, suffix) for k in range(2)
+             for suffix in ("", "_reverse")}
+    x_ref = x.detach().clone().requires_grad_(True)
+    h0_ref = h0.detach().clone().requires_grad_(True)
+    c0_ref = c0.detach().clone().requires_grad_(True)
+    loss = 0
     for n, length in enumerate(LENGTHS.tolist()):
-        inputs = x[n, :length]
+        inputs = x_ref[n, :length]
         finals = []
-        for layer_index in range(2):
-            forward, f_state = run_cell(matching_cell(layer, layer_index, ""), inputs)
-            backward, b_state = run_cell(matching_cell(layer, layer_index, "_reverse"),
-                                         inputs.flip(0))
+        for k in range(2):
+            initial = [(h0_ref[2 * k + d, n], c0_ref[2 * k + d, n]) if is_lstm
+                       else h0_ref[2 * k + d, n] for d in range(2)]
+            forward, f_state = run_cell(cells[(k, "")], inputs, initial[0])
+            backward, b_state = run_cell(cells[(k, "_reverse")], inputs.flip(0), initial[1])
             inputs = MERGES[merge_mode](forward, backward.flip(0))
             finals += [f_state, b_state]
         torch.testing.assert_close(output[n, :length], inputs)
         assert output[n, length:].abs().sum() == 0
+        loss = loss + (inputs * weights[n, :length]).sum()
         for k, final in enumerate(finals):
             torch.testing.assert_close(first(state)[k, n], first(final))
-            if isinstance(layer, LSTM):
+            loss = loss + first(final).square().sum()
+            if is_lstm:
                 torch.testing.assert_close(state[1][k, n], final[1])
+                loss = loss + final[1].sum()
+    loss.backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(h0.grad, h0_ref.grad)
+    if is_lstm:
+        torch.testing.assert_close(c0.grad, c0_ref.grad)
+    for (k, suffix), cell in cells.items():
+        for name, parameter in cell.named_parameters():
+            torch.testing.assert_close(getattr(layer, f"{name}_l{k}{suffix}").grad,
+                                       parameter.grad, msg=f"{name}_l{k}{suffix}")
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

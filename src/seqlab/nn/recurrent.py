@@ -42,8 +42,9 @@ from torch import Tensor, _VF, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from seqlab.nn.cells import (INITS, NONLINEARITIES, check_choice, check_size, gru_step,
-                             lstm_step, num_gates, reset_recurrent_parameters, rnn_step)
+from seqlab.nn.cells import (INITS, NONLINEARITIES, check_choice, check_size, num_gates,
+                             reset_recurrent_parameters)
+from seqlab.nn.scan import scan
 
 MERGE_MODES = ("concat", "sum", "mean", "max")
 
@@ -180,39 +181,8 @@ class _RecurrentLayer(nn.Module):
             return result[0], (result[1], result[2])
         return result[0], result[1]
 
-    def _run_direction(self, x_proj: Tensor, h: Tensor, c: Tensor | None, lengths: Tensor | None,
-                       weights: list[Tensor], weight_ch: Tensor | None
-                       ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """The visible time loop over a projected sequence x_proj (L, N, G·H)."""
-        weight_hh = weights[1]
-        bias_hh = weights[3] if self.bias else None
-        valid = None
-        if lengths is not None:
-            valid = (torch.arange(x_proj.shape[0], device=x_proj.device).unsqueeze(1)
-                     < lengths.to(x_proj.device).unsqueeze(0)).unsqueeze(-1)  # (L, N, 1)
-        outputs = []
-        for t in range(x_proj.shape[0]):
-            if self.mode == "LSTM":
-                h_next, c_next = lstm_step(x_proj[t], h, c, weight_hh, bias_hh, weight_ch,
-                                           self.coupled)
-            elif self.mode == "GRU":
-                h_next = gru_step(x_proj[t], h, weight_hh, bias_hh, self.reset_after)
-            else:
-                h_next = rnn_step(x_proj[t], h, weight_hh, bias_hh, self.nonlinearity)
-            if valid is None:
-                h, c = h_next, (c_next if self.mode == "LSTM" else None)
-                outputs.append(h_next)
-            else:
-                # Past its length a sequence keeps its last state and emits zeros.
-                step_valid = valid[t]  # (N, 1)
-                h = torch.where(step_valid, h_next, h)
-                if self.mode == "LSTM":
-                    c = torch.where(step_valid, c_next, c)
-                outputs.append(h_next * step_valid)
-        return torch.stack(outputs), h, c  # (L, N, H), (N, H), (N, H)
-
-    def _run_layer(self, layer: int, x: Tensor, lengths: Tensor | None, h0: Tensor,
-                   c0: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _run_layer(self, layer: int, x: Tensor, lengths: Tensor | None, valid: Tensor | None,
+                   h0: Tensor, c0: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         """One layer, both directions: x (L, N, F) -> merged output (L, N, ·), h_n, c_n (D, N, H)."""
         directions = range(self.num_directions)
         if self.has_fused_cell:
@@ -234,16 +204,21 @@ class _RecurrentLayer(nn.Module):
             return out, h_n, c_n
 
         outputs, finals_h, finals_c = [], [], []
+        option = {"RNN": self.nonlinearity, "LSTM": self.coupled, "GRU": self.reset_after}[self.mode]
         for direction in directions:
-            weights = self._weights(layer, direction)
+            w_ih, w_hh, *biases = self._weights(layer, direction)
+            b_ih, b_hh = biases if self.bias else (None, None)
             suffix = self._suffixes()[direction]
             weight_ch = getattr(self, f"weight_ch_l{layer}{suffix}") if self.peephole else None
-            x_proj = F.linear(x, weights[0], weights[2] if self.bias else None)  # (L, N, G·H)
+            if b_hh is not None and self.mode != "GRU":
+                # RNN and LSTM add b_hh straight to the gates: fold it into the input projection
+                b_ih, b_hh = b_ih + b_hh, None
+            x_proj = F.linear(x, w_ih, b_ih)  # (L, N, G·H) for every step at once
             if direction == 1:
                 x_proj = reverse_padded(x_proj, lengths)
-            out, h, c = self._run_direction(x_proj, h0[direction],
-                                            None if c0 is None else c0[direction], lengths,
-                                            weights, weight_ch)
+            out, h, c = scan(self.mode, x_proj, h0[direction],
+                             None if c0 is None else c0[direction], w_hh, b_hh, weight_ch, valid,
+                             option)
             if direction == 1:
                 out = reverse_padded(out, lengths)
             outputs.append(out)
@@ -361,10 +336,14 @@ class _RecurrentLayer(nn.Module):
         """Layer by layer: each merges its directions before the next layer reads it."""
         h0, c0 = state if self.mode == "LSTM" else (state, None)
         directions = self.num_directions
+        valid = None  # (L, N, 1): True where a step lies inside its sequence
+        if lengths is not None and int(lengths.min()) < x.shape[0]:
+            valid = (torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+                     < lengths.to(x.device).unsqueeze(0)).unsqueeze(-1)
         finals_h, finals_c = [], []
         for layer in range(self.num_layers):
             rows = slice(layer * directions, (layer + 1) * directions)
-            x, h_n, c_n = self._run_layer(layer, x, lengths, h0[rows],
+            x, h_n, c_n = self._run_layer(layer, x, lengths, valid, h0[rows],
                                           None if c0 is None else c0[rows])
             finals_h.append(h_n)
             finals_c.append(c_n)
