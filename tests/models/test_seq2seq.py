@@ -247,3 +247,18 @@ def test_tiny_model_overfits_reversal():
     assert [tokens for tokens, _ in greedy] == expected
     beam = beam_search(model, src, src_lengths, BOS, EOS, beam_size=3)
     assert [nbest[0][0] for nbest in beam] == expected
+
+
+def test_docs_example_runs():
+    """The Python example in docs/seq2seq.md runs as written."""
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "seq2seq.md"
+    if not page.is_file():
+        pytest.skip("docs/seq2seq.md is not in this checkout")
+    code = page.read_text(encoding="utf-8").split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, str(page), "exec"), namespace)  # noqa: S102 (our own docs)
+    assert namespace["out"].logits.shape == (2, 5, 20)
+    assert namespace["out"].attentions.shape == (2, 5, 4)
+    assert len(namespace["nbest"]) == 2 and len(namespace["nbest"][0]) == 2
