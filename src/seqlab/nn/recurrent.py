@@ -129,6 +129,7 @@ class _RecurrentLayer(nn.Module):
                     self._add(f"weight_ch_l{layer}{suffix}", (2 if coupled else 3) * hidden_size,
                               **factory)
         reset_recurrent_parameters(self, hidden_size, init)
+        self.flatten_parameters()
 
     @staticmethod
     def _suffixes() -> tuple[str, str]:
@@ -157,6 +158,36 @@ class _RecurrentLayer(nn.Module):
             return self.reset_after
         return True
 
+    def flatten_parameters(self) -> None:
+        """Lay the weights out in one contiguous chunk, as cuDNN wants; a no-op off the GPU.
+
+        Only for the one-call fused path (plain cells, ``merge_mode="concat"``); torch.nn does
+        the same after ``.to(device)``. Parameters stay the same objects, now views of one buffer.
+        """
+        if not (self.has_fused_cell and self.merge_mode == "concat"):
+            return
+        weights = [w for layer in range(self.num_layers) for d in range(self.num_directions)
+                   for w in self._weights(layer, d)]
+        first = weights[0]
+        if not all(w.is_cuda and w.dtype == first.dtype and torch.backends.cudnn.is_acceptable(w)
+                   for w in weights):
+            return
+        if len({w.data_ptr() for w in weights}) != len(weights):
+            return
+        from torch.backends.cudnn import rnn as cudnn_rnn
+        cudnn_mode = self.mode if self.mode != "RNN" else f"RNN_{self.nonlinearity.upper()}"
+        with torch.cuda.device_of(first), torch.no_grad():
+            if torch._use_cudnn_rnn_flatten_weight():
+                torch._cudnn_rnn_flatten_weight(
+                    weights, 4 if self.bias else 2, self.input_size,
+                    cudnn_rnn.get_cudnn_mode(cudnn_mode), self.hidden_size, 0, self.num_layers,
+                    self.batch_first, self.bidirectional)
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self.flatten_parameters()
+        return result
+
     def reset_parameters(self) -> None:
         reset_recurrent_parameters(self, self.hidden_size, self.init)
 
@@ -173,10 +204,13 @@ class _RecurrentLayer(nn.Module):
         kernel = {"LSTM": _VF.lstm, "GRU": _VF.gru}.get(self.mode)
         if kernel is None:
             kernel = _VF.rnn_tanh if self.nonlinearity == "tanh" else _VF.rnn_relu
-        if batch_sizes is None:
-            result = kernel(x, hx, *args, False)
-        else:
-            result = kernel(x, batch_sizes, hx, *args)
+        with warnings.catch_warnings():
+            # One layer at a time (merge modes) cannot share cuDNN's single weight buffer.
+            warnings.filterwarnings("ignore", message="RNN module weights are not part")
+            if batch_sizes is None:
+                result = kernel(x, hx, *args, False)
+            else:
+                result = kernel(x, batch_sizes, hx, *args)
         if self.mode == "LSTM":
             return result[0], (result[1], result[2])
         return result[0], result[1]
@@ -218,7 +252,7 @@ class _RecurrentLayer(nn.Module):
                 x_proj = reverse_padded(x_proj, lengths)
             out, h, c = scan(self.mode, x_proj, h0[direction],
                              None if c0 is None else c0[direction], w_hh, b_hh, weight_ch, valid,
-                             option)
+                             option, tag=f"layer {layer}{' reverse' if direction else ''}")
             if direction == 1:
                 out = reverse_padded(out, lengths)
             outputs.append(out)

@@ -21,14 +21,67 @@ Tests compare every cell's gradients with autograd through :mod:`seqlab.nn.cells
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 
+@dataclass
+class ScanRecord:
+    """What one run of a cell over a sequence showed: the diagnostics of vanishing gradients.
+
+    ``gates`` (L, G): each gate's mean activation at each step (LSTM i, f, g, o or f, g, o when
+    coupled; GRU r, z, n; RNN its output), averaged over the batch and units.
+    ``state_gradient_norms`` (L,): ‖∂loss/∂h_t‖ at each step (mean over the batch of each
+    sequence's norm), filled in by the backward pass; None until then.
+    Steps are in the order the cell ran them: a ``reverse`` run starts from the sequence's end.
+    """
+
+    cell: str
+    tag: str
+    gates: Tensor
+    state_gradient_norms: Tensor | None = None
+
+
+@dataclass
+class ScanRecorder:
+    records: list[ScanRecord] = field(default_factory=list)
+
+
+_RECORDERS: list[ScanRecorder] = []
+
+
+@contextmanager
+def record_scans():
+    """Collect a :class:`ScanRecord` for every visible-loop run inside the block.
+
+    Layers on torch's fused kernel are not seen: build them with ``fused=False`` to diagnose.
+
+        with record_scans() as recorder:
+            output, _ = layer(x)
+            output.sum().backward()
+        recorder.records[0].state_gradient_norms   # (L,)
+    """
+    recorder = ScanRecorder()
+    _RECORDERS.append(recorder)
+    try:
+        yield recorder
+    finally:
+        _RECORDERS.remove(recorder)
+
+
 def _carry(valid: Tensor | None, t: int, new: Tensor, old: Tensor) -> Tensor:
     """The state after step t: the new one inside the sequence, the old one past its end."""
     return new if valid is None else torch.where(valid[t], new, old)
+
+
+def _note(norms: list | None, grad_state: Tensor) -> None:
+    """Keep ‖∂loss/∂h_t‖ (mean over the batch) when a recorder asks for it."""
+    if norms is not None:
+        norms.append(grad_state.norm(dim=-1).mean())
 
 
 def _masked(valid: Tensor | None, t: int, value: Tensor) -> Tensor:
@@ -48,10 +101,11 @@ def _rnn_forward(x_proj, h, weight_hh, valid, nonlinearity):
     return torch.stack(news), h, (torch.stack(news), torch.stack(prevs))
 
 
-def _rnn_backward(grad_out, grad_h, weight_hh, valid, saved, nonlinearity):
+def _rnn_backward(grad_out, grad_h, weight_hh, valid, saved, nonlinearity, norms=None):
     news, prevs = saved
     grad_x_proj = torch.empty_like(news)
     for t in range(news.shape[0] - 1, -1, -1):
+        _note(norms, grad_out[t] + grad_h)
         grad_new = _masked(valid, t, grad_out[t] + grad_h)
         if nonlinearity == "tanh":
             grad_pre = grad_new * (1 - news[t] * news[t])  # tanh' = 1 − tanh²
@@ -100,7 +154,8 @@ def _lstm_forward(x_proj, h, c, weight_hh, weight_ch, valid, coupled):
     return outputs, h, c, saved
 
 
-def _lstm_backward(grad_out, grad_h, grad_c, weight_hh, weight_ch, valid, saved, coupled):
+def _lstm_backward(grad_out, grad_h, grad_c, weight_hh, weight_ch, valid, saved, coupled,
+                   norms=None):
     acts, c_prevs, c_news, tanh_cs, h_prevs = saved
     hidden = c_prevs.shape[-1]
     if weight_ch is not None:
@@ -112,6 +167,7 @@ def _lstm_backward(grad_out, grad_h, grad_c, weight_hh, weight_ch, valid, saved,
             i = 1 - f
         else:
             i, f, g, o = acts[t].split(hidden, dim=1)
+        _note(norms, grad_out[t] + grad_h)
         grad_h_new = _masked(valid, t, grad_out[t] + grad_h)
         grad_c_new = _masked(valid, t, grad_c)
         # h' = o ⊙ tanh(c')
@@ -180,7 +236,7 @@ def _gru_forward(x_proj, h, weight_hh, bias_hh, valid, reset_after):
     return outputs, h, (acts, h_prevs, torch.stack(n_inputs), torch.stack(hidden_n))
 
 
-def _gru_backward(grad_out, grad_h, weight_hh, valid, saved, reset_after):
+def _gru_backward(grad_out, grad_h, weight_hh, valid, saved, reset_after, norms=None):
     acts, h_prevs, n_inputs, hidden_n = saved
     hidden = h_prevs.shape[-1]
     w_rz, w_n = weight_hh[: 2 * hidden], weight_hh[2 * hidden:]
@@ -188,6 +244,7 @@ def _gru_backward(grad_out, grad_h, weight_hh, valid, saved, reset_after):
     grad_hidden = torch.empty_like(acts)  # gradient of the hidden-side products W_hh (·) + b_hh
     for t in range(acts.shape[0] - 1, -1, -1):
         r, z, n = acts[t].split(hidden, dim=1)
+        _note(norms, grad_out[t] + grad_h)
         grad_new = _masked(valid, t, grad_out[t] + grad_h)
         grad_direct = grad_new * z
         grad_z_pre = grad_new * (h_prevs[t] - n) * z * (1 - z)
@@ -218,7 +275,7 @@ class _Scan(torch.autograd.Function):
     """Runs one direction of one layer; the backward pass is the hand-written BPTT above."""
 
     @staticmethod
-    def forward(ctx, x_proj, h0, c0, weight_hh, bias_hh, weight_ch, valid, cell, option):
+    def forward(ctx, x_proj, h0, c0, weight_hh, bias_hh, weight_ch, valid, cell, option, tag):
         ctx.cell, ctx.option = cell, option
         if cell == "LSTM":
             outputs, h, c, saved = _lstm_forward(x_proj, h0, c0, weight_hh, weight_ch, valid,
@@ -233,6 +290,14 @@ class _Scan(torch.autograd.Function):
             outputs = outputs * valid  # a sequence emits zeros past its length
         ctx.save_for_backward(weight_hh, weight_ch, valid, *saved)
         ctx.has_bias = bias_hh is not None
+        ctx.records = []
+        for recorder in _RECORDERS:
+            gates = saved[0] if cell != "RNN" else saved[0].unsqueeze(-1)
+            hidden = h0.shape[-1]
+            per_gate = gates.reshape(*gates.shape[:2], -1, hidden).mean(dim=(1, 3))  # (L, G)
+            record = ScanRecord(cell, tag, per_gate.detach().cpu())
+            recorder.records.append(record)
+            ctx.records.append(record)
         return (outputs, h) if c is None else (outputs, h, c)
 
     @staticmethod
@@ -240,21 +305,26 @@ class _Scan(torch.autograd.Function):
     def backward(ctx, grad_out, grad_h, grad_c=None):
         weight_hh, weight_ch, valid, *saved = ctx.saved_tensors
         grad_weight_ch = grad_bias = grad_c0 = None
+        norms = [] if ctx.records else None
         if ctx.cell == "LSTM":
             grad_x_proj, grad_h0, grad_c0, grad_rows, inputs, grad_weight_ch = _lstm_backward(
-                grad_out, grad_h, grad_c, weight_hh, weight_ch, valid, saved, ctx.option)
+                grad_out, grad_h, grad_c, weight_hh, weight_ch, valid, saved, ctx.option, norms)
             grad_weight = _outer_sum(grad_rows, inputs)
         elif ctx.cell == "GRU":
             grad_x_proj, grad_h0, grad_weight, grad_bias = _gru_backward(
-                grad_out, grad_h, weight_hh, valid, saved, ctx.option)
+                grad_out, grad_h, weight_hh, valid, saved, ctx.option, norms)
         else:
             grad_x_proj, grad_h0, grad_rows, inputs = _rnn_backward(
-                grad_out, grad_h, weight_hh, valid, saved, ctx.option)
+                grad_out, grad_h, weight_hh, valid, saved, ctx.option, norms)
             grad_weight = _outer_sum(grad_rows, inputs)
         if not ctx.has_bias:
             grad_bias = None
+        if ctx.records:
+            by_step = torch.stack(norms[::-1]).cpu()  # collected from the last step back
+            for record in ctx.records:
+                record.state_gradient_norms = by_step
         return (grad_x_proj, grad_h0, grad_c0, grad_weight, grad_bias, grad_weight_ch,
-                None, None, None)
+                None, None, None, None)
 
 
 def _outer_sum(grad_rows: Tensor, inputs: Tensor) -> Tensor:
@@ -264,14 +334,16 @@ def _outer_sum(grad_rows: Tensor, inputs: Tensor) -> Tensor:
 
 def scan(cell: str, x_proj: Tensor, h0: Tensor, c0: Tensor | None, weight_hh: Tensor,
          bias_hh: Tensor | None, weight_ch: Tensor | None, valid: Tensor | None,
-         option) -> tuple[Tensor, Tensor, Tensor | None]:
+         option, tag: str = "") -> tuple[Tensor, Tensor, Tensor | None]:
     """Run a cell over x_proj (L, N, G·H) from (h0, c0); returns outputs (L, N, H), h_n, c_n.
 
     ``cell`` is "RNN", "LSTM" or "GRU"; ``option`` its variant: the nonlinearity (RNN),
     ``coupled`` (LSTM) or ``reset_after`` (GRU). For RNN and LSTM ``bias_hh`` must already be
-    folded into ``x_proj`` (pass None); the GRU needs it apart.
+    folded into ``x_proj`` (pass None); the GRU needs it apart. ``tag`` names the run in
+    :func:`record_scans` records.
     """
     if cell == "LSTM":
-        return _Scan.apply(x_proj, h0, c0, weight_hh, None, weight_ch, valid, cell, option)
-    outputs, h = _Scan.apply(x_proj, h0, None, weight_hh, bias_hh, None, valid, cell, option)
+        return _Scan.apply(x_proj, h0, c0, weight_hh, None, weight_ch, valid, cell, option, tag)
+    outputs, h = _Scan.apply(x_proj, h0, None, weight_hh, bias_hh, None, valid, cell, option,
+                             tag)
     return outputs, h, None
