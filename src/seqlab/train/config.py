@@ -18,6 +18,7 @@ readable line each.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,13 +140,14 @@ def _fields_at(schema: type[BaseModel], path: tuple) -> list[str]:
 
 def _describe_error(schema: type[BaseModel], error: dict, prefix: str) -> str:
     loc = tuple(error["loc"])
-    key = prefix + ".".join(str(part) for part in loc)
+    parts = [p for p in prefix.split(".") if p] + [str(part) for part in loc]
+    key = ".".join(parts)
     kind = error["type"]
     if kind == "extra_forbidden":
         known = _fields_at(schema, loc[:-1])
-        section = prefix + ".".join(str(p) for p in loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
-        hint = f"; did you mean {(section + '.' if section else '') + close[0]!r}?" if close else ""
+        section = ".".join(parts[:-1])
+        close = difflib.get_close_matches(parts[-1], known, n=1, cutoff=0.5)
+        hint = f"; did you mean {'.'.join(parts[:-1] + [close[0]])!r}?" if close else ""
         where = f" in section {section!r}" if section else ""
         return f"unknown config key {key!r}{where}{hint} (known keys: {', '.join(known)})"
     if kind == "missing":
@@ -169,6 +171,9 @@ def _validate(schema: type[BaseModel], values: Any, prefix: str = "") -> BaseMod
         raise ConfigError(message) from None
 
 
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`'trainer.lr=3e-4'` -> (['trainer', 'lr'], 0.0003): the value follows YAML scalar rules."""
     key, sep, raw = text.partition("=")
@@ -179,6 +184,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc.problem})") from None
+    if isinstance(value, str) and _EXPONENT_FLOAT.match(value):
+        value = float(value)  # YAML 1.1 reads "3e-4" as a string; users mean a number
     return key.split("."), value
 
 

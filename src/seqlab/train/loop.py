@@ -27,7 +27,7 @@ from seqlab.train.checkpoint import load_checkpoint, rng_state, save_checkpoint,
 from seqlab.train.config import TrainerConfig
 from seqlab.train.distributed import DistContext
 from seqlab.train.reporting import MetricsLog, ProgressDisplay
-from seqlab.train.optim import LRSchedule, build_optimizer
+from seqlab.train.optim import LRSchedule, build_optimizer, clip_gradients
 
 __all__ = ["TrainingError", "FitResult", "fit", "detach_carry", "autocast_context"]
 
@@ -206,11 +206,7 @@ def fit(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
-                if cfg.clip_grad_value is not None:
-                    torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip_grad_value)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), cfg.clip_grad_norm if cfg.clip_grad_norm is not None else math.inf
-                ))
+                grad_norm = clip_gradients(model.parameters(), cfg.clip_grad_norm, cfg.clip_grad_value)
                 if context.any(not math.isfinite(grad_norm)):
                     raise TrainingError(
                         f"the gradient norm became {grad_norm} at step {step + 1}; stopped, the last good "

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-__all__ = ["build_optimizer", "warmup_cosine_factor", "LRSchedule"]
+__all__ = ["build_optimizer", "clip_gradients", "warmup_cosine_factor", "LRSchedule"]
 
 
 def build_optimizer(
@@ -37,6 +37,20 @@ def build_optimizer(
     if name == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"optimizer={name!r} is not one of: sgd, adam, adamw, rmsprop")
+
+
+def clip_gradients(parameters, max_norm: float | None = None, max_value: float | None = None) -> float:
+    """Clip gradients in place and return the total L2 norm measured before norm clipping.
+
+    By value first (each entry into [-max_value, max_value]), then by norm: when the total norm
+    ‖g‖₂ over all parameters exceeds `max_norm`, every gradient is scaled by max_norm / ‖g‖₂
+    (Pascanu et al. 2013). The returned norm is what the log's `grad_norm` shows.
+    """
+    parameters = [p for p in parameters if p.grad is not None]
+    if max_value is not None:
+        torch.nn.utils.clip_grad_value_(parameters, max_value)
+    limit = max_norm if max_norm is not None else math.inf
+    return float(torch.nn.utils.clip_grad_norm_(parameters, limit))
 
 
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

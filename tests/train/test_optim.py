@@ -1,0 +1,75 @@
+"""Learning-rate schedules against the formulas written out, and gradient clipping."""
+
+import math
+
+import pytest
+import torch
+
+from seqlab.train.optim import LRSchedule, build_optimizer, clip_gradients
+
+
+def _optimizer(lr=1.0):
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_warmup_then_cosine_matches_formula():
+    lr, min_lr, warmup, total = 0.1, 0.01, 4, 20
+    schedule = LRSchedule(_optimizer(), "cosine", lr, total, warmup_steps=warmup, min_lr=min_lr)
+    for step in range(total + 1):
+        if step < warmup:
+            expected = lr * (step + 1) / warmup
+        else:
+            expected = min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+        assert schedule.lr_for(step) == pytest.approx(expected, rel=1e-12)
+    assert schedule.lr_for(warmup) == pytest.approx(lr)
+    assert schedule.lr_for(total) == pytest.approx(min_lr)
+
+
+def test_apply_sets_every_group():
+    optimizer = _optimizer()
+    schedule = LRSchedule(optimizer, "constant", 0.5, 10, warmup_steps=2)
+    assert schedule.apply(0) == 0.25
+    assert optimizer.param_groups[0]["lr"] == 0.25
+    assert schedule.apply(5) == 0.5
+
+
+def test_plateau_reduces_after_patience_and_round_trips():
+    schedule = LRSchedule(_optimizer(), "plateau", 1.0, 100, plateau_factor=0.5, plateau_patience=1)
+    for value in (1.0, 0.9, 0.95, 0.96):  # two evaluations without improvement > patience 1
+        schedule.observe(value)
+    assert schedule.lr_for(50) == 0.5
+    twin = LRSchedule(_optimizer(), "plateau", 1.0, 100, plateau_factor=0.5, plateau_patience=1)
+    twin.load_state_dict(schedule.state_dict())
+    assert twin.lr_for(50) == 0.5 and twin.best == 0.9
+
+
+def test_bad_scheduler_and_optimizer_names():
+    with pytest.raises(ValueError, match="constant, cosine, plateau"):
+        LRSchedule(_optimizer(), "linear", 1.0, 10)
+    with pytest.raises(ValueError, match="sgd, adam, adamw, rmsprop"):
+        build_optimizer([torch.nn.Parameter(torch.zeros(1))], "lamb", 1.0)
+
+
+def _params_with_grads():
+    a = torch.nn.Parameter(torch.zeros(2))
+    b = torch.nn.Parameter(torch.zeros(1))
+    a.grad = torch.tensor([3.0, -4.0])
+    b.grad = torch.tensor([12.0])
+    return a, b
+
+
+def test_clip_by_norm():
+    a, b = _params_with_grads()
+    norm = clip_gradients([a, b], max_norm=1.3)
+    assert norm == pytest.approx(13.0)  # sqrt(9 + 16 + 144), measured before clipping
+    scale = 1.3 / 13.0
+    assert torch.allclose(a.grad, torch.tensor([3.0, -4.0]) * scale, atol=1e-6)
+    assert torch.allclose(b.grad, torch.tensor([12.0]) * scale, atol=1e-6)
+
+
+def test_clip_by_value_then_norm_unchanged_when_small():
+    a, b = _params_with_grads()
+    norm = clip_gradients([a, b], max_value=3.5)
+    assert torch.equal(a.grad, torch.tensor([3.0, -3.5]))
+    assert torch.equal(b.grad, torch.tensor([3.5]))
+    assert norm == pytest.approx(math.sqrt(9 + 3.5 ** 2 * 2))
