@@ -18,10 +18,12 @@ class ClassifierOutput:
 
     logits: (N, C) class scores, or (N, C) predicted values for a regressor.
     loss: scalar cross-entropy (or mean squared error) when targets were given, else None.
+    attentions: a Transformer's attention weights when asked for: one (N, h, L, L) per layer.
     """
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -30,10 +32,12 @@ class TaggerOutput:
 
     logits: (N, L, C) per-step tag scores, or (N, L, output_size) per-step predictions.
     loss: scalar loss averaged over valid (non-padding) steps when targets were given, else None.
+    attentions: a Transformer's attention weights when asked for: one (N, h, L, L) per layer.
     """
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -42,9 +46,12 @@ class LMOutput:
 
     logits: (N, L, V) next-token scores.
     loss: scalar next-token cross-entropy when targets were given, else None.
-    state: the recurrent state after the last step, to feed into the next chunk or step.
+    state: the recurrent state after the last step, to feed into the next chunk or step; for a
+        Transformer, its key/value cache (:class:`seqlab.decode.kv_cache.KVCache`) when one is used.
+    attentions: a Transformer's attention weights when asked for: one (N, h, L, S) per layer.
     """
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
     state: RecurrentState | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
