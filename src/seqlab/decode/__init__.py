@@ -2,10 +2,13 @@
 
 from seqlab.decode.beam import beam_search, gnmt_length_penalty
 from seqlab.decode.greedy import StepModel, greedy_decode, max_output_lengths
+from seqlab.decode.kv_cache import KVCache, LayerKVCache
 from seqlab.decode.sampling import filter_top_k, filter_top_p, sample_next_token
 from seqlab.decode.scoring import bleu, chrf, exact_match
 
 __all__ = [
+    "KVCache",
+    "LayerKVCache",
     "StepModel",
     "beam_search",
     "bleu",

@@ -6,6 +6,14 @@ from seqlab.models.outputs import ClassifierOutput, LMOutput, TaggerOutput
 from seqlab.models.recurrent import recurrent_layer
 from seqlab.models.seq2seq import Seq2Seq, Seq2SeqOutput
 from seqlab.models.tagger import SequenceTagger
+from seqlab.models.transformer import (
+    TransformerClassifier,
+    TransformerEncoderModel,
+    TransformerLM,
+    TransformerMaskedLM,
+    TransformerSeq2Seq,
+    TransformerTagger,
+)
 
 __all__ = [
     "ClassifierOutput",
@@ -16,6 +24,12 @@ __all__ = [
     "SequenceClassifier",
     "SequenceTagger",
     "TaggerOutput",
+    "TransformerClassifier",
+    "TransformerEncoderModel",
+    "TransformerLM",
+    "TransformerMaskedLM",
+    "TransformerSeq2Seq",
+    "TransformerTagger",
     "detach_state",
     "recurrent_layer",
 ]
