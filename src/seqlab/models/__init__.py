@@ -1,6 +1,7 @@
 """Task models assembled from seqlab.nn: classifier, tagger, language model, seq2seq, captioner."""
 
 from seqlab.models.classifier import SequenceClassifier
+from seqlab.models.hf import from_pretrained_hf
 from seqlab.models.language_model import LanguageModel, detach_state
 from seqlab.models.outputs import ClassifierOutput, LMOutput, TaggerOutput
 from seqlab.models.recurrent import recurrent_layer
@@ -31,5 +32,6 @@ __all__ = [
     "TransformerSeq2Seq",
     "TransformerTagger",
     "detach_state",
+    "from_pretrained_hf",
     "recurrent_layer",
 ]
