@@ -39,8 +39,7 @@ def _strip(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     """Drop a model-class prefix ("transformer.", "bert.") and old LayerNorm names gamma / beta."""
     renamed = {}
     for name, tensor in weights.items():
-        if name.startswith(prefix):
-            name = name[len(prefix) :]
+        name = name.removeprefix(prefix)
         name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
             "LayerNorm.beta", "LayerNorm.bias"
         )
