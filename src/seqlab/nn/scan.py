@@ -88,186 +88,228 @@ def _masked(valid: Tensor | None, t: int, value: Tensor) -> Tensor:
     return value if valid is None else value * valid[t]
 
 
+def _shifted(news: Tensor, first: Tensor) -> Tensor:
+    """The state before each step, (L, N, H), when no step was masked: first, then news[:-1]."""
+    return torch.cat([first.unsqueeze(0), news[:-1]])
+
+
+def _steps(*tensors: Tensor) -> list[tuple[Tensor, ...]]:
+    """Per-step views of time-major tensors, made once: indexing inside the loop costs time."""
+    return list(zip(*(tensor.unbind(0) for tensor in tensors)))
+
+
 def _rnn_forward(x_proj, h, weight_hh, valid, nonlinearity):
     """h' = act(x_proj + W_hh h); bias_hh is already folded into x_proj."""
-    activation = torch.tanh if nonlinearity == "tanh" else torch.relu
     weight_t = weight_hh.t()
-    news, prevs = [], []
-    for t in range(x_proj.shape[0]):
-        prevs.append(h)
-        h_new = activation(torch.addmm(x_proj[t], h, weight_t))
-        news.append(h_new)
+    h0, prevs = h, ([] if valid is not None else None)
+    news = torch.empty_like(x_proj)  # (L, N, H): each step's new state
+    for t, (x_t, new_t) in enumerate(_steps(x_proj, news)):
+        if prevs is not None:
+            prevs.append(h)
+        h_new = torch.addmm(x_t, h, weight_t, out=new_t)
+        h_new.tanh_() if nonlinearity == "tanh" else h_new.relu_()
         h = _carry(valid, t, h_new, h)
-    return torch.stack(news), h, (torch.stack(news), torch.stack(prevs))
+    prevs = _shifted(news, h0) if prevs is None else torch.stack(prevs)
+    return news, h, (news, prevs)
 
 
 def _rnn_backward(grad_out, grad_h, weight_hh, valid, saved, nonlinearity, norms=None):
     news, prevs = saved
+    # act'(pre) from the saved outputs: tanh' = 1 − tanh², relu' = [h > 0]
+    slope = 1 - news * news if nonlinearity == "tanh" else (news > 0).to(news.dtype)
     grad_x_proj = torch.empty_like(news)
-    for t in range(news.shape[0] - 1, -1, -1):
-        _note(norms, grad_out[t] + grad_h)
-        grad_new = _masked(valid, t, grad_out[t] + grad_h)
-        if nonlinearity == "tanh":
-            grad_pre = grad_new * (1 - news[t] * news[t])  # tanh' = 1 − tanh²
-        else:
-            grad_pre = grad_new * (news[t] > 0)
-        grad_x_proj[t] = grad_pre
+    steps = _steps(grad_out, slope, grad_x_proj)
+    for t in range(len(steps) - 1, -1, -1):
+        grad_out_t, slope_t, grad_pre_t = steps[t]
+        _note(norms, grad_out_t + grad_h)
+        grad_new = _masked(valid, t, grad_out_t + grad_h)
+        grad_pre = torch.mul(grad_new, slope_t, out=grad_pre_t)
         # past a sequence's end the state was carried unchanged, and so is its gradient
         grad_h = _carry(valid, t, grad_pre @ weight_hh, grad_h)
     return grad_x_proj, grad_h, grad_x_proj, prevs
 
 
 def _lstm_forward(x_proj, h, c, weight_hh, weight_ch, valid, coupled):
-    """The LSTM equations of :class:`seqlab.nn.LSTMCell`; bias_hh is folded into x_proj."""
-    hidden = h.shape[1]
+    """The LSTM equations of :class:`seqlab.nn.LSTMCell`; bias_hh is folded into x_proj.
+
+    Gate pre-activations are written into ``acts`` and turned into activations in place, so a
+    step allocates almost nothing. Layout per step: i, f, g, o (coupled: f, g, o).
+    """
+    length, batch, hidden = x_proj.shape[0], h.shape[0], h.shape[1]
+    peeps = 1 if coupled else 2  # the sigmoid gates before g, which peep at c: (i, f) or f
     weight_t = weight_hh.t()
     if weight_ch is not None:
-        w_ci, w_cf, w_co = (None, *weight_ch.chunk(2)) if coupled else weight_ch.chunk(3)
-    acts, c_prevs, c_news, tanh_cs, h_prevs = [], [], [], [], []
-    for t in range(x_proj.shape[0]):
-        h_prevs.append(h)
-        c_prevs.append(c)
-        gates = torch.addmm(x_proj[t], h, weight_t)  # (N, G·H)
+        w_peep = weight_ch[: peeps * hidden].view(peeps, hidden)
+        w_co = weight_ch[-hidden:]
+    h0, c0 = h, c
+    stored = ([], []) if valid is not None else None
+    acts = torch.empty_like(x_proj)  # (L, N, G·H)
+    c_news, tanh_cs, news = (x_proj.new_empty(length, batch, hidden) for _ in range(3))
+    steps = _steps(
+        x_proj, acts,
+        acts[..., : peeps * hidden].view(length, batch, peeps, hidden),  # i, f (or f)
+        acts[..., (peeps - 1) * hidden: peeps * hidden],  # f
+        acts[..., peeps * hidden: (peeps + 1) * hidden],  # g
+        acts[..., -hidden:],  # o
+        acts[..., :hidden],  # i (f when coupled: unused then)
+        c_news, tanh_cs, news)
+    for t, (x_t, gates, sig_t, f, g, o, i, c_new_t, tanh_c_t, new_t) in enumerate(steps):
+        if stored is not None:
+            stored[0].append(h)
+            stored[1].append(c)
+        torch.addmm(x_t, h, weight_t, out=gates)  # (N, G·H) pre-activations
+        if weight_ch is not None:
+            sig_t.addcmul_(w_peep, c.unsqueeze(1))  # i and f peep at the previous cell
+        sig_t.sigmoid_()
+        g.tanh_()
         if coupled:
-            f_pre, g_pre, o_pre = gates.split(hidden, dim=1)
+            c_new = torch.addcmul(g, f, c - g, out=c_new_t)  # f ⊙ c + (1 − f) ⊙ g
         else:
-            i_pre, f_pre, g_pre, o_pre = gates.split(hidden, dim=1)
+            c_new = torch.mul(f, c, out=c_new_t).addcmul_(i, g)
         if weight_ch is not None:
-            f_pre = torch.addcmul(f_pre, w_cf, c)
-            if not coupled:
-                i_pre = torch.addcmul(i_pre, w_ci, c)
-        f = torch.sigmoid(f_pre)
-        i = 1 - f if coupled else torch.sigmoid(i_pre)
-        g = torch.tanh(g_pre)
-        c_new = torch.addcmul(f * c, i, g)
-        if weight_ch is not None:
-            o_pre = torch.addcmul(o_pre, w_co, c_new)
-        o = torch.sigmoid(o_pre)
-        tanh_c = torch.tanh(c_new)
-        h_new = o * tanh_c
-        acts.append(torch.cat([f, g, o] if coupled else [i, f, g, o], dim=1))
-        c_news.append(c_new)
-        tanh_cs.append(tanh_c)
+            o.addcmul_(w_co, c_new)  # o peeps at the new cell
+        o.sigmoid_()
+        h_new = torch.mul(o, torch.tanh(c_new, out=tanh_c_t), out=new_t)
         h, c = _carry(valid, t, h_new, h), _carry(valid, t, c_new, c)
-    saved = tuple(torch.stack(s) for s in (acts, c_prevs, c_news, tanh_cs, h_prevs))
-    outputs = saved[0][..., -hidden:] * saved[3]  # h_new = o ⊙ tanh(c_new) for every step
-    return outputs, h, c, saved
+    if stored is None:
+        h_prevs, c_prevs = _shifted(news, h0), _shifted(c_news, c0)
+    else:
+        h_prevs, c_prevs = torch.stack(stored[0]), torch.stack(stored[1])
+    return news, h, c, (acts, c_prevs, c_news, tanh_cs, h_prevs)
 
 
 def _lstm_backward(grad_out, grad_h, grad_c, weight_hh, weight_ch, valid, saved, coupled,
                    norms=None):
     acts, c_prevs, c_news, tanh_cs, h_prevs = saved
-    hidden = c_prevs.shape[-1]
+    length, batch, hidden = c_prevs.shape
+    # Everything that does not depend on the incoming gradient is computed once, for all steps:
+    # ∂h'/∂o_pre, ∂h'/∂c', and ∂c'/∂(pre-activation) of the gates that feed the cell.
+    o = acts[..., -hidden:]
+    d_h_d_o_pre = tanh_cs * o * (1 - o)
+    d_h_d_c = o * (1 - tanh_cs * tanh_cs)
+    if coupled:
+        f, g = acts[..., :hidden], acts[..., hidden: 2 * hidden]
+        d_c_d_pre = torch.cat([(c_prevs - g) * f * (1 - f), (1 - f) * (1 - g * g)], dim=-1)
+        cell_gates = 2  # f, g
+    else:
+        i, f, g = acts[..., :hidden], acts[..., hidden: 2 * hidden], acts[..., 2 * hidden: 3 * hidden]
+        d_c_d_pre = torch.cat([g * i * (1 - i), c_prevs * f * (1 - f), i * (1 - g * g)], dim=-1)
+        cell_gates = 3  # i, f, g
+    peeps = cell_gates - 1  # gates that look at the previous cell: (i, f) or f
     if weight_ch is not None:
-        w_ci, w_cf, w_co = (None, *weight_ch.chunk(2)) if coupled else weight_ch.chunk(3)
+        w_peep = weight_ch[: peeps * hidden].view(peeps, hidden)
+        w_co = weight_ch[-hidden:]
     grad_gates = torch.empty_like(acts)  # (L, N, G·H), the same layout as the gates
-    for t in range(acts.shape[0] - 1, -1, -1):
-        if coupled:
-            f, g, o = acts[t].split(hidden, dim=1)
-            i = 1 - f
-        else:
-            i, f, g, o = acts[t].split(hidden, dim=1)
-        _note(norms, grad_out[t] + grad_h)
-        grad_h_new = _masked(valid, t, grad_out[t] + grad_h)
-        grad_c_new = _masked(valid, t, grad_c)
-        # h' = o ⊙ tanh(c')
-        grad_o_pre = grad_h_new * tanh_cs[t] * o * (1 - o)
-        grad_c_new = grad_c_new + grad_h_new * o * (1 - tanh_cs[t] * tanh_cs[t])
+    steps = _steps(
+        grad_out, d_h_d_c, d_h_d_o_pre, d_c_d_pre.view(length, batch, cell_gates, hidden), f,
+        grad_gates, grad_gates[..., -hidden:],
+        grad_gates[..., : cell_gates * hidden].view(length, batch, cell_gates, hidden),
+        grad_gates[..., : peeps * hidden].view(length, batch, peeps, hidden))
+    for t in range(length - 1, -1, -1):
+        (grad_out_t, d_h_d_c_t, d_h_d_o_pre_t, d_c_d_pre_t, f_t,
+         grad_gates_t, grad_o_pre_t, grad_cell_gates_t, grad_peep_t) = steps[t]
+        _note(norms, grad_out_t + grad_h)
+        grad_h_new = _masked(valid, t, grad_out_t + grad_h)
+        grad_c_new = torch.addcmul(_masked(valid, t, grad_c), grad_h_new, d_h_d_c_t)
+        torch.mul(grad_h_new, d_h_d_o_pre_t, out=grad_o_pre_t)
         if weight_ch is not None:
-            grad_c_new = grad_c_new + grad_o_pre * w_co
-        # c' = f ⊙ c + i ⊙ g
-        grad_i = grad_c_new * g
-        grad_f = grad_c_new * c_prevs[t]
-        if coupled:
-            grad_f = grad_f - grad_i  # i = 1 − f
-        grad_f_pre = grad_f * f * (1 - f)
-        grad_g_pre = grad_c_new * i * (1 - g * g)
-        grad_c_prev = grad_c_new * f
+            grad_c_new.addcmul_(grad_o_pre_t, w_co)
+        torch.mul(grad_c_new.unsqueeze(1), d_c_d_pre_t, out=grad_cell_gates_t)
+        grad_c_prev = grad_c_new * f_t
         if weight_ch is not None:
-            grad_c_prev = grad_c_prev + grad_f_pre * w_cf
-        if coupled:
-            step = (grad_f_pre, grad_g_pre, grad_o_pre)
-        else:
-            grad_i_pre = grad_i * i * (1 - i)
-            if weight_ch is not None:
-                grad_c_prev = grad_c_prev + grad_i_pre * w_ci
-            step = (grad_i_pre, grad_f_pre, grad_g_pre, grad_o_pre)
-        torch.cat(step, dim=1, out=grad_gates[t])
-        grad_h = _carry(valid, t, grad_gates[t] @ weight_hh, grad_h)
+            grad_c_prev += (grad_peep_t * w_peep).sum(1)
+        grad_h = _carry(valid, t, grad_gates_t @ weight_hh, grad_h)
         grad_c = _carry(valid, t, grad_c_prev, grad_c)
     grad_weight_ch = None
     if weight_ch is not None:
         # peephole weights are diagonal: sum gate-gradient ⊙ cell over steps and batch
-        by_gate = grad_gates.split(hidden, dim=-1)
-        pairs = [(by_gate[0], c_prevs), (by_gate[2], c_news)] if coupled else \
-            [(by_gate[0], c_prevs), (by_gate[1], c_prevs), (by_gate[3], c_news)]
-        grad_weight_ch = torch.cat([(grad * cell).sum((0, 1)) for grad, cell in pairs])
+        grad_peeps = (grad_gates[..., : peeps * hidden].view(length, batch, peeps, hidden)
+                      * c_prevs.unsqueeze(2)).sum((0, 1)).flatten()
+        grad_o = (grad_gates[..., -hidden:] * c_news).sum((0, 1))
+        grad_weight_ch = torch.cat([grad_peeps, grad_o])
     return grad_gates, grad_h, grad_c, grad_gates, h_prevs, grad_weight_ch
 
 
 def _gru_forward(x_proj, h, weight_hh, bias_hh, valid, reset_after):
-    """The GRU equations of :class:`seqlab.nn.GRUCell` (bias_hh stays apart: r scales part of it)."""
-    hidden = h.shape[1]
-    w_rz, w_n = weight_hh[: 2 * hidden].t(), weight_hh[2 * hidden:].t()
+    """The GRU equations of :class:`seqlab.nn.GRUCell` (bias_hh stays apart: r scales part of it).
+
+    ``acts`` holds r, z, n per step; ``hidden_n`` what the reset gate multiplies (reset after:
+    W_hn h + b_hn) or what W_hn multiplies (reset before: r ⊙ h).
+    """
+    length, batch, hidden = x_proj.shape[0], h.shape[0], h.shape[1]
+    w_t = weight_hh.t()
+    w_rz, w_n = w_t[:, : 2 * hidden], w_t[:, 2 * hidden:]
     b_rz = b_n = None
     if bias_hh is not None:
         b_rz, b_n = bias_hh[: 2 * hidden], bias_hh[2 * hidden:]
-    acts, h_prevs, n_inputs, hidden_n = [], [], [], []
-    for t in range(x_proj.shape[0]):
-        h_prevs.append(h)
-        x_r, x_z, x_n = x_proj[t].split(hidden, dim=1)
-        h_rz = h @ w_rz if b_rz is None else torch.addmm(b_rz, h, w_rz)
-        h_r, h_z = h_rz.split(hidden, dim=1)
-        r = torch.sigmoid(x_r + h_r)
-        z = torch.sigmoid(x_z + h_z)
-        # reset after: r ⊙ (W_hn h + b_hn); reset before: W_hn (r ⊙ h) + b_hn
-        n_input = h if reset_after else r * h
-        h_n = n_input @ w_n if b_n is None else torch.addmm(b_n, n_input, w_n)
-        n = torch.tanh(x_n + r * h_n) if reset_after else torch.tanh(x_n + h_n)
-        h_new = torch.addcmul(n, z, h - n)  # (1 − z) ⊙ n + z ⊙ h
-        acts.append(torch.cat([r, z, n], dim=1))
-        n_inputs.append(n_input)
-        hidden_n.append(h_n)
+    h0, prevs = h, ([] if valid is not None else None)
+    acts = torch.empty_like(x_proj)  # (L, N, 3H)
+    news, hidden_n = (x_proj.new_empty(length, batch, hidden) for _ in range(2))
+    steps = _steps(x_proj[..., : 2 * hidden], x_proj[..., 2 * hidden:], acts[..., : 2 * hidden],
+                   acts[..., :hidden], acts[..., hidden: 2 * hidden], acts[..., 2 * hidden:],
+                   hidden_n, news)
+    for t, (x_rz, x_n, rz, r, z, n, hidden_n_t, new_t) in enumerate(steps):
+        if prevs is not None:
+            prevs.append(h)
+        if reset_after:
+            h_all = h @ w_t if bias_hh is None else torch.addmm(bias_hh, h, w_t)  # (N, 3H)
+            h_rz, h_n = h_all[:, : 2 * hidden], h_all[:, 2 * hidden:]
+        else:
+            h_rz = h @ w_rz if b_rz is None else torch.addmm(b_rz, h, w_rz)
+        torch.add(x_rz, h_rz, out=rz).sigmoid_()
+        if reset_after:  # n = tanh(x_n + r ⊙ (W_hn h + b_hn))
+            hidden_n_t.copy_(h_n)
+            torch.addcmul(x_n, r, h_n, out=n).tanh_()
+        else:  # n = tanh(x_n + W_hn (r ⊙ h) + b_hn)
+            reset_h = torch.mul(r, h, out=hidden_n_t)
+            h_n = reset_h @ w_n if b_n is None else torch.addmm(b_n, reset_h, w_n)
+            torch.add(x_n, h_n, out=n).tanh_()
+        h_new = torch.addcmul(n, z, h - n, out=new_t)  # (1 − z) ⊙ n + z ⊙ h
         h = _carry(valid, t, h_new, h)
-    acts = torch.stack(acts)
-    h_prevs = torch.stack(h_prevs)
-    z, n = acts[..., hidden:2 * hidden], acts[..., 2 * hidden:]
-    outputs = torch.addcmul(n, z, h_prevs - n)
-    return outputs, h, (acts, h_prevs, torch.stack(n_inputs), torch.stack(hidden_n))
+    prevs = _shifted(news, h0) if prevs is None else torch.stack(prevs)
+    return news, h, (acts, prevs, hidden_n)
 
 
 def _gru_backward(grad_out, grad_h, weight_hh, valid, saved, reset_after, norms=None):
-    acts, h_prevs, n_inputs, hidden_n = saved
+    acts, h_prevs, hidden_n = saved
     hidden = h_prevs.shape[-1]
     w_rz, w_n = weight_hh[: 2 * hidden], weight_hh[2 * hidden:]
+    r, z, n = acts[..., :hidden], acts[..., hidden: 2 * hidden], acts[..., 2 * hidden:]
+    # Per-step factors that do not depend on the incoming gradient, for all steps at once.
+    d_z_pre = (h_prevs - n) * z * (1 - z)  # ∂h'/∂z_pre
+    d_n_pre = (1 - z) * (1 - n * n)  # ∂h'/∂n_pre
+    d_r_pre = (hidden_n if reset_after else h_prevs) * r * (1 - r)
     grad_x_proj = torch.empty_like(acts)
-    grad_hidden = torch.empty_like(acts)  # gradient of the hidden-side products W_hh (·) + b_hh
-    for t in range(acts.shape[0] - 1, -1, -1):
-        r, z, n = acts[t].split(hidden, dim=1)
-        _note(norms, grad_out[t] + grad_h)
-        grad_new = _masked(valid, t, grad_out[t] + grad_h)
-        grad_direct = grad_new * z
-        grad_z_pre = grad_new * (h_prevs[t] - n) * z * (1 - z)
-        grad_n_pre = grad_new * (1 - z) * (1 - n * n)
+    # gradient of the hidden-side products: W_hh h + b_hh (reset after) or [W_hrz h; W_hn (r ⊙ h)]
+    grad_hidden = torch.empty_like(acts)
+    steps = _steps(grad_out, d_n_pre, d_z_pre, d_r_pre, r, z, grad_x_proj[..., 2 * hidden:],
+                   grad_hidden, grad_hidden[..., :hidden], grad_hidden[..., hidden: 2 * hidden],
+                   grad_hidden[..., 2 * hidden:], grad_hidden[..., : 2 * hidden])
+    for t in range(len(steps) - 1, -1, -1):
+        (grad_out_t, d_n_pre_t, d_z_pre_t, d_r_pre_t, r_t, z_t, grad_n_pre_t, grad_hidden_t,
+         grad_r_pre_t, grad_z_pre_t, grad_h_n_t, grad_rz_t) = steps[t]
+        _note(norms, grad_out_t + grad_h)
+        grad_new = _masked(valid, t, grad_out_t + grad_h)
+        grad_n_pre = torch.mul(grad_new, d_n_pre_t, out=grad_n_pre_t)
+        torch.mul(grad_new, d_z_pre_t, out=grad_z_pre_t)
         if reset_after:
-            grad_r_pre = grad_n_pre * hidden_n[t] * r * (1 - r)
-            grad_h_n = grad_n_pre * r
+            torch.mul(grad_n_pre, d_r_pre_t, out=grad_r_pre_t)
+            torch.mul(grad_n_pre, r_t, out=grad_h_n_t)
+            grad_h_prev = torch.addmm(grad_new * z_t, grad_hidden_t, weight_hh)
         else:
-            grad_h_n = grad_n_pre
             grad_reset_h = grad_n_pre @ w_n  # gradient of r ⊙ h
-            grad_r_pre = grad_reset_h * h_prevs[t] * r * (1 - r)
-            grad_direct = grad_direct + grad_reset_h * r
-        torch.cat([grad_r_pre, grad_z_pre, grad_n_pre], dim=1, out=grad_x_proj[t])
-        torch.cat([grad_r_pre, grad_z_pre, grad_h_n], dim=1, out=grad_hidden[t])
-        grad_h_prev = grad_direct + grad_hidden[t, :, : 2 * hidden] @ w_rz
-        if reset_after:
-            grad_h_prev = grad_h_prev + grad_h_n @ w_n
+            torch.mul(grad_reset_h, d_r_pre_t, out=grad_r_pre_t)
+            grad_h_n_t.copy_(grad_n_pre)
+            grad_direct = torch.addcmul(grad_new * z_t, grad_reset_h, r_t)
+            grad_h_prev = torch.addmm(grad_direct, grad_rz_t, w_rz)
         grad_h = _carry(valid, t, grad_h_prev, grad_h)
+    grad_x_proj[..., : 2 * hidden] = grad_hidden[..., : 2 * hidden]
     flat = grad_hidden.reshape(-1, 3 * hidden)  # (L·N, 3H)
-    grad_weight = torch.cat([
-        flat[:, : 2 * hidden].t() @ h_prevs.reshape(-1, hidden),
-        flat[:, 2 * hidden:].t() @ n_inputs.reshape(-1, hidden),
-    ])
+    if reset_after:
+        grad_weight = flat.t() @ h_prevs.reshape(-1, hidden)
+    else:
+        grad_weight = torch.cat([flat[:, : 2 * hidden].t() @ h_prevs.reshape(-1, hidden),
+                                 flat[:, 2 * hidden:].t() @ hidden_n.reshape(-1, hidden)])
     return grad_x_proj, grad_h, grad_weight, flat.sum(0)
 
 
