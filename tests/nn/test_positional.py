@@ -65,7 +65,7 @@ def test_rotary_is_a_rotation_per_pair_and_offsets_agree():
     rotary = RotaryEmbedding(6, base=100.0)
     x = torch.randn(2, 3, 5, 6)
     y = rotary(x)
-    pair_norms = lambda t: t.unflatten(-1, (3, 2)).norm(dim=-1)  # noqa: E731
+    pair_norms = lambda t: t.unflatten(-1, (3, 2)).norm(dim=-1)
     torch.testing.assert_close(pair_norms(y), pair_norms(x))
     torch.testing.assert_close(y[..., 2:, :], rotary(x[..., 2:, :], offset=2))
     # Position t, pair i: angle t * 100^(-2i/6), written out for one entry.
