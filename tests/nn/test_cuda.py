@@ -1,0 +1,60 @@
+"""On a GPU: plain layers match torch.nn on cuDNN, variants match their CPU results. Skipped on CPU."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from seqlab.nn import GRU, LSTM, RNN
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+LENGTHS = torch.tensor([9, 4, 7, 1])
+
+
+@pytest.mark.parametrize("mode", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_plain_layers_match_cudnn_without_copying_weights(mode, bidirectional):
+    torch.manual_seed(0)
+    reference = getattr(nn, mode)(6, 8, num_layers=2, bidirectional=bidirectional).cuda()
+    ours = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}[mode](6, 8, num_layers=2,
+                                                       bidirectional=bidirectional).cuda()
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(9, 4, 6, device="cuda", requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the weights must already be one contiguous chunk
+        output, state = ours(x)
+    expected, _ = reference(x)
+    torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-4)
+    packed = nn.utils.rnn.pack_padded_sequence(x, LENGTHS, enforce_sorted=False)
+    expected_packed, _ = reference(packed)
+    padded, _ = ours(x, lengths=LENGTHS.cuda())
+    expected_padded, _ = nn.utils.rnn.pad_packed_sequence(expected_packed, total_length=9)
+    torch.testing.assert_close(padded, expected_padded, atol=1e-5, rtol=1e-4)
+    output.sum().backward()
+    grad = x.grad.clone()
+    x.grad = None
+    expected.sum().backward()
+    torch.testing.assert_close(grad, x.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: LSTM(6, 8, peephole=True, bidirectional=True, merge_mode="sum"),
+    lambda: LSTM(6, 8, coupled=True, num_layers=2),
+    lambda: GRU(6, 8, reset_after=False, bidirectional=True),
+    lambda: RNN(6, 8, nonlinearity="relu", init="identity", bidirectional=True, merge_mode="max"),
+], ids=["peephole", "coupled", "gru-reset-before", "irnn-max"])
+def test_variants_on_gpu_match_cpu(make):
+    torch.manual_seed(0)
+    cpu = make()
+    gpu = make().cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(9, 4, 6)
+    out_cpu, _ = cpu(x, lengths=LENGTHS)
+    out_gpu, _ = gpu(x.cuda(), lengths=LENGTHS.cuda())
+    torch.testing.assert_close(out_gpu.cpu(), out_cpu, atol=1e-5, rtol=1e-4)
+    out_cpu.square().sum().backward()
+    out_gpu.square().sum().backward()
+    for (name, p_cpu), p_gpu in zip(cpu.named_parameters(), gpu.parameters()):
+        torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, atol=1e-4, rtol=1e-3, msg=name)
