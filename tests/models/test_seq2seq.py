@@ -38,6 +38,8 @@ CONFIGS = [
     {"cell": "gru", "attention": "dot", "bidirectional": False, "bridge": "last"},
     {"cell": "lstm", "attention": "general", "merge_mode": "sum", "bridge": "last"},
     {"cell": "rnn", "attention": "none", "bidirectional": False, "num_layers": 2},
+    {"cell": "lstm", "attention": "general", "peephole": True, "coupled": True},
+    {"cell": "gru", "attention": "bahdanau", "reset_after": False},
 ]
 
 

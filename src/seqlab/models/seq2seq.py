@@ -152,6 +152,11 @@ class Encoder(nn.Module):
         bidirectional: bool = False,
         merge_mode: str = "concat",
         padding_idx: int = 0,
+        nonlinearity: str = "tanh",
+        init: str = "default",
+        peephole: bool = False,
+        coupled: bool = False,
+        reset_after: bool = True,
     ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
@@ -164,6 +169,11 @@ class Encoder(nn.Module):
             dropout=dropout,
             bidirectional=bidirectional,
             merge_mode=merge_mode,
+            nonlinearity=nonlinearity,
+            init=init,
+            peephole=peephole,
+            coupled=coupled,
+            reset_after=reset_after,
         )
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -317,6 +327,11 @@ class Decoder(nn.Module):
         attention_size: int | None = None,
         input_feeding: bool = False,
         padding_idx: int = 0,
+        nonlinearity: str = "tanh",
+        init: str = "default",
+        peephole: bool = False,
+        coupled: bool = False,
+        reset_after: bool = True,
     ) -> None:
         super().__init__()
         _check_choice("attention", attention, ATTENTIONS)
@@ -355,7 +370,16 @@ class Decoder(nn.Module):
         if input_feeding:
             rnn_input_size += hidden_size
         self.rnn = recurrent_layer(
-            cell, rnn_input_size, hidden_size, num_layers=num_layers, dropout=dropout
+            cell,
+            rnn_input_size,
+            hidden_size,
+            num_layers=num_layers,
+            dropout=dropout,
+            nonlinearity=nonlinearity,
+            init=init,
+            peephole=peephole,
+            coupled=coupled,
+            reset_after=reset_after,
         )
 
         if attention == "bahdanau":
@@ -456,6 +480,10 @@ class Seq2Seq(nn.Module):
     decoder predicts each target token from the previous one (:class:`Decoder`: attention
     ``"none"``, ``"bahdanau"``, ``"dot"`` or ``"general"``, optional Luong input feeding).
 
+    ``cell`` (``"rnn"``, ``"lstm"``, ``"gru"``) and its variant options (``nonlinearity``,
+    ``init``, ``peephole``, ``coupled``, ``reset_after``, see
+    :func:`~seqlab.models.recurrent_layer`) apply to the encoder and the decoder alike.
+
     Scheduled sampling (Bengio et al. 2015): while training with ``teacher_forcing_ratio < 1``
     each sentence at each step is fed the true previous token with that probability, else the
     model's own most likely previous token. In eval mode the true tokens are always fed, so the
@@ -488,6 +516,11 @@ class Seq2Seq(nn.Module):
         dropout: float = 0.0,
         bidirectional: bool = True,
         merge_mode: str = "concat",
+        nonlinearity: str = "tanh",
+        init: str = "default",
+        peephole: bool = False,
+        coupled: bool = False,
+        reset_after: bool = True,
         encoder_hidden_size: int | None = None,
         attention: str = "bahdanau",
         attention_size: int | None = None,
@@ -525,6 +558,11 @@ class Seq2Seq(nn.Module):
             bidirectional=bidirectional,
             merge_mode=merge_mode,
             padding_idx=pad_id,
+            nonlinearity=nonlinearity,
+            init=init,
+            peephole=peephole,
+            coupled=coupled,
+            reset_after=reset_after,
         )
         self.bridge = Bridge(
             bridge,
@@ -548,6 +586,11 @@ class Seq2Seq(nn.Module):
             attention_size=attention_size,
             input_feeding=input_feeding,
             padding_idx=pad_id,
+            nonlinearity=nonlinearity,
+            init=init,
+            peephole=peephole,
+            coupled=coupled,
+            reset_after=reset_after,
         )
         self.teacher_forcing_ratio = teacher_forcing_ratio
         self.label_smoothing = label_smoothing

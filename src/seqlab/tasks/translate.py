@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 
 from seqlab.tasks import register_task
 from seqlab.tasks.base import (
+    RecurrentModelConfig,
     StepOutput,
     Task,
     eval_batches,
@@ -68,15 +69,12 @@ class TranslateData(StrictModel):
         return self
 
 
-class TranslateModel(StrictModel):
+class TranslateModel(RecurrentModelConfig):
     cell: Literal["rnn", "lstm", "gru"] = "gru"
-    embedding_dim: int = Field(128, ge=1)
     hidden_size: int = Field(256, ge=1)
-    encoder_hidden_size: int | None = Field(None, ge=1)
-    num_layers: int = Field(1, ge=1)
-    dropout: float = Field(0.0, ge=0, le=1)
     bidirectional: bool = True
-    merge_mode: Literal["concat", "sum", "mean", "max"] = "concat"
+    embedding_dim: int = Field(128, ge=1)
+    encoder_hidden_size: int | None = Field(None, ge=1)
     attention: Literal["none", "bahdanau", "dot", "general"] = "bahdanau"
     attention_size: int | None = Field(None, ge=1)
     input_feeding: bool = False
@@ -209,12 +207,9 @@ class TranslateTask(Task):
             vocab,
             vocab,
             embedding_dim=m.embedding_dim,
-            hidden_size=m.hidden_size,
-            cell=m.cell,
-            num_layers=m.num_layers,
-            dropout=m.dropout,
             bidirectional=m.bidirectional,
             merge_mode=m.merge_mode,
+            **m.cell_options(),  # cell, sizes, dropout and the cell's variant options
             encoder_hidden_size=m.encoder_hidden_size,
             attention=m.attention,
             attention_size=m.attention_size,
