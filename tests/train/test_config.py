@@ -89,8 +89,9 @@ def test_missing_config_file(tmp_path):
 
 def test_every_recipe_validates_and_resolves():
     recipes = list_recipes()
-    for name in ("classify-bilstm", "tag-bilstm", "charlm-lstm", "adding-lstm", "copy-lstm",
-                 "digits-gru", "forecast-gru"):
+    assert {"classify-bilstm", "tag-bilstm", "charlm-lstm", "adding-lstm", "copy-lstm",
+            "digits-gru", "forecast-gru"} <= set(recipes)
+    for name in recipes:
         assert recipes[name], f"{name} needs a one-line description"
         config = load_config(name)
         resolved = config.to_dict()

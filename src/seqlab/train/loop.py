@@ -139,7 +139,8 @@ def fit(
             return FitResult(step, epoch, "completed", best_step, best_metrics, elapsed_before)
 
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=context.is_main, keep_until_step=step if resume else 0)
-    progress = ProgressDisplay(total_steps, task.unit, enabled=cfg.progress and context.is_main, console=console)
+    progress = ProgressDisplay(total_steps, task.unit, enabled=cfg.progress and context.is_main,
+                               console=console, every=cfg.log_every)
     start = time.monotonic()
 
     def elapsed() -> float:

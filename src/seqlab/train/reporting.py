@@ -71,12 +71,14 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 class ProgressDisplay:
-    """A rich progress bar with the live loss and throughput; silent when disabled."""
+    """A rich progress bar with the live loss and throughput on a terminal; on a pipe or a log
+    file, one plain line per `every` steps instead. Silent when disabled."""
 
-    def __init__(self, total_steps: int, unit: str, enabled: bool = True, console=None):
+    def __init__(self, total_steps: int, unit: str, enabled: bool = True, console=None, every: int = 10):
         self.total_steps = total_steps
         self.unit = unit
         self.enabled = enabled
+        self.every = every
         self.progress = None
         self.console = console
         self.items = 0
@@ -89,24 +91,30 @@ class ProgressDisplay:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.console = self.console or Console(stderr=True)
+        self.started = time.monotonic()
+        if not self.console.is_terminal:
+            return
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), console=self.console, transient=False,
         )
         self.task = self.progress.add_task("train", total=self.total_steps, completed=step, info="")
         self.progress.start()
-        self.started = time.monotonic()
 
     def update(self, step: int, loss: float, count: int) -> None:
-        if self.progress is None:
+        if not self.enabled:
             return
         self.items += count
         rate = self.items / max(time.monotonic() - self.started, 1e-9)
-        self.progress.update(self.task, completed=step, info=f"loss {loss:.4f}  {rate:,.0f} {self.unit}/s")
+        info = f"loss {loss:.4f}  {rate:,.0f} {self.unit}/s"
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, info=info)
+        elif self.console is not None and (step % self.every == 0 or step == self.total_steps):
+            self.console.print(f"step {step}/{self.total_steps}  {info}", highlight=False)
 
     def note(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(text)
+        if self.enabled and self.console is not None:
+            self.console.print(text, highlight=False)
 
     def stop(self) -> None:
         if self.progress is not None:
