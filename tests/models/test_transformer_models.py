@@ -213,3 +213,15 @@ def test_bad_choices_are_named():
         TransformerClassifier(V, 2, pooling="max")
     with pytest.raises(ValueError, match="share_embeddings"):
         TransformerSeq2Seq(10, 11, share_embeddings=True)
+
+
+def test_attention_maps_plot(tmp_path):
+    from seqlab.viz.attention import plot_attention
+
+    model = _lm()
+    out = model(torch.tensor([[3, 4, 5]]), output_attentions=True)
+    path = plot_attention(out.attentions[0][0], tmp_path / "maps" / "layer0.png", list("abc"),
+                          list("abc"), title="layer 0")
+    assert path.is_file() and path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="key_tokens should have 3 labels, got 2"):
+        plot_attention(out.attentions[0][0], tmp_path / "x.png", key_tokens=["a", "b"])
