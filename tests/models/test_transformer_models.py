@@ -225,3 +225,19 @@ def test_attention_maps_plot(tmp_path):
     assert path.is_file() and path.stat().st_size > 1000
     with pytest.raises(ValueError, match="key_tokens should have 3 labels, got 2"):
         plot_attention(out.attentions[0][0], tmp_path / "x.png", key_tokens=["a", "b"])
+
+
+def test_docs_example_runs():
+    """The first Python example in docs/transformers.md runs as written."""
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "transformers.md"
+    if not page.is_file():
+        pytest.skip("docs/transformers.md is not in this checkout")
+    code = page.read_text(encoding="utf-8").split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, str(page), "exec"), namespace)  # noqa: S102 (our own docs)
+    assert namespace["tokens"].shape == (1, 13)
+    assert len(namespace["maps"]) == 2 and namespace["maps"][0].shape == (1, 4, 13, 13)
+    assert torch.isfinite(namespace["loss"])
+    assert all(len(hypotheses) == 2 for hypotheses in namespace["nbest"])
