@@ -117,7 +117,9 @@ def main() -> None:
             command += f" --device {args.device}"
         section = f"\n## Transformer generation: KV cache vs none vs transformers ({stamp})\n\n"
         section += f"`{command}`\n\n{table}\n"
-        existing = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
+        existing = "# Benchmark results\n"
+        if RESULTS.exists():  # shared file: re-read just before appending
+            existing = RESULTS.read_text(encoding="utf-8")
         RESULTS.write_text(existing.rstrip("\n") + "\n" + section, encoding="utf-8")
 
 

@@ -1,4 +1,4 @@
-"""Positional encodings: the sinusoid formula, learned tables, rotary's relative-position property."""
+"""Positional encodings: the sinusoid formula, learned tables, rotary's relative property."""
 
 import math
 

@@ -69,7 +69,11 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def _gpt2(config: dict, weights: dict[str, torch.Tensor]) -> TransformerLM:
-    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
+    for flag in (
+        "scale_attn_by_inverse_layer_idx",
+        "reorder_and_upcast_attn",
+        "add_cross_attention",
+    ):
         if config.get(flag):
             raise ValueError(f"GPT-2 with {flag}=True is not supported")
     if not config.get("scale_attn_weights", True):
@@ -246,7 +250,10 @@ def from_pretrained_hf(path: str | Path) -> nn.Module:
         if not needed.is_file():
             extra = ""
             if needed == weights_path and any(directory.glob("*.bin")):
-                extra = " (only pickle *.bin weights were found: re-save with safe_serialization=True)"
+                extra = (
+                    " (only pickle *.bin weights were found: re-save them with "
+                    "safe_serialization=True)"
+                )
             raise FileNotFoundError(f"{needed.name} is missing from {str(directory)!r}{extra}")
     config = json.loads(config_path.read_text(encoding="utf-8"))
     architectures = config.get("architectures") or []

@@ -98,6 +98,8 @@ def scaled_dot_product_attention(
         is_causal: query i may only look at keys j <= i + (S - L) (see :func:`causal_mask`);
             combines with `attn_mask`.
         need_weights: return the weights (..., L, S); this takes the math path.
+        generator: draws the dropout mask on the math path (which it then takes), for
+            reproducible dropout.
 
     Returns:
         ``(output (..., L, d_v), weights or None)``. A query row that may look at no key gets
@@ -210,8 +212,9 @@ class MultiheadAttention(nn.Module):
     def _project(self, x: torch.Tensor, part: int) -> torch.Tensor:
         """x (N, T, E) through W_q (part 0), W_k (1) or W_v (2), split into heads (N, h, T, d)."""
         size = self.embed_dim
-        weight = self.in_proj_weight[part * size : (part + 1) * size]
-        bias = None if self.in_proj_bias is None else self.in_proj_bias[part * size : (part + 1) * size]
+        rows = slice(part * size, (part + 1) * size)
+        weight = self.in_proj_weight[rows]
+        bias = None if self.in_proj_bias is None else self.in_proj_bias[rows]
         batch, length = x.shape[:2]
         projected = F.linear(x, weight, bias)  # (N, T, E)
         return projected.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)

@@ -70,7 +70,10 @@ class SinusoidalPositionalEncoding(nn.Module):
         return x * self.scale + self.table[offset : offset + length].to(x.dtype)  # (N, L, E)
 
     def extra_repr(self) -> str:
-        return f"embedding_dim={self.embedding_dim}, max_length={self.max_length}, scale={self.scale}"
+        return (
+            f"embedding_dim={self.embedding_dim}, max_length={self.max_length}, "
+            f"scale={self.scale}"
+        )
 
 
 class LearnedPositionalEmbedding(nn.Module):
@@ -126,7 +129,8 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"rotary embedding needs an even head_dim, got {head_dim}")
         self.head_dim = head_dim
         self.base = base
-        inverse_frequencies = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim  # 2i / d
+        inverse_frequencies = base ** (-exponents)  # theta_i
         self.register_buffer("inverse_frequencies", inverse_frequencies, persistent=False)
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:

@@ -50,7 +50,8 @@ def activation_function(name: str):
         return F.gelu
     if name == "gelu_tanh":
         return lambda x: F.gelu(x, approximate="tanh")
-    raise ValueError(f"activation should be one of {', '.join(map(repr, ACTIVATIONS))}, got {name!r}")
+    allowed = ", ".join(map(repr, ACTIVATIONS))
+    raise ValueError(f"activation should be one of {allowed}, got {name!r}")
 
 
 def _check_dropout(dropout: float) -> None:

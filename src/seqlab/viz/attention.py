@@ -37,7 +37,10 @@ def plot_attention(
     if maps.dim() != 3:
         raise ValueError(f"weights should be (h, L, S) or (L, S), got shape {tuple(weights.shape)}")
     heads, queries, keys = maps.shape
-    for name, labels, size in (("query_tokens", query_tokens, queries), ("key_tokens", key_tokens, keys)):
+    for name, labels, size in (
+        ("query_tokens", query_tokens, queries),
+        ("key_tokens", key_tokens, keys),
+    ):
         if labels is not None and len(labels) != size:
             raise ValueError(f"{name} should have {size} labels, got {len(labels)}")
     figure, axes = plt.subplots(
