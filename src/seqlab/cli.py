@@ -63,6 +63,9 @@ def _cmd_train(args: list[str]) -> int:
     if options.resume:
         if options.source and "=" in options.source:
             overrides.insert(0, options.source)
+        elif options.source:
+            print(f"seqlab: note: resuming with the config saved in {options.resume}; "
+                  f"{options.source!r} is not used", file=sys.stderr)
         config = load_run_config(options.resume, overrides)
         run_dir = Path(options.resume)
     else:

@@ -96,12 +96,8 @@ class TagTask(Task):
         self.examples = {split: self._encode(split, items) for split, items in sentences.items()}
 
     def _token_ids(self, tokens: list[str]) -> list[int]:
-        ids = []
-        for token in tokens:
-            token = token.lower() if self.data.lowercase else token
-            token_id = self.tokenizer.token_to_id(token)
-            ids.append(self.tokenizer.unk_id if token_id is None else token_id)
-        return ids
+        # One id per CoNLL token (never re-split), so ids stay aligned with the tags.
+        return self.tokenizer.encode_words(tokens)
 
     def _encode(self, split: str, sentences) -> list[tuple[list[int], list[int]]]:
         from seqlab.data.readers import DataError

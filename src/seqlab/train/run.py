@@ -104,6 +104,15 @@ def _prepare(task: Task, fit_vocab: bool) -> None:
         raise ConfigError(f"invalid data settings: {exc}") from None
 
 
+def _load_artifacts(task: Task, run_dir: Path) -> None:
+    try:
+        task.load_artifacts(run_dir)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, RunDirError):
+            raise
+        raise RunDirError(f"cannot read the saved vocabulary / artifacts in {run_dir}: {exc}") from None
+
+
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """The resolved config of a run directory, with optional `key=value` overrides."""
     run_dir = Path(run_dir)
@@ -167,7 +176,7 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
         run_dir = Path(run_dir)
         if not (run_dir / "checkpoint" / "state.json").is_file():
             raise RunDirError(f"{run_dir} has no checkpoint to resume from (checkpoint/state.json is missing)")
-        task.load_artifacts(run_dir)
+        _load_artifacts(task, run_dir)
         _prepare(task, fit_vocab=False)
     else:
         run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config.recipe)
@@ -222,7 +231,7 @@ def open_run(run_dir: str | Path, overrides: list[str] | None = None) -> tuple[R
     except ValueError:
         device = torch.device("cpu")
     task = build_task(config)
-    task.load_artifacts(run_dir)
+    _load_artifacts(task, run_dir)
     model = _build_model(task)
     load_weights(run_dir / "model.safetensors", model)
     model.to(device).eval()
