@@ -130,3 +130,13 @@ def test_resume_of_finished_run_changes_nothing(tmp_path):
     model = torch.nn.Module()
     with pytest.raises(Exception):
         load_weights(tmp_path / "run" / "model.safetensors", model)
+
+
+def test_resume_with_more_steps_continues_a_finished_run(tmp_path):
+    short = load_config("adding-lstm", TINY_ADDING + ["trainer.max_steps=4"])
+    train(short, tmp_path / "run")
+    longer = load_config("adding-lstm", TINY_ADDING + ["trainer.max_steps=8"])
+    result = train(longer, tmp_path / "run", resume=True)
+    assert result.fit.step == 8
+    steps = [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == [2, 4, 6, 8]

@@ -135,7 +135,8 @@ def fit(
         if carry is not None:
             carry = type(carry)(c.to(device) for c in carry) if not isinstance(carry, torch.Tensor) else carry.to(device)
         set_rng_state(state["rng"])
-        if counters.get("finished"):
+        if counters.get("finished") and not (step < total_steps and epoch < cfg.epochs):
+            # Nothing left to do, unless the resumed config asks for more steps or epochs.
             return FitResult(step, epoch, "completed", best_step, best_metrics, elapsed_before)
 
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=context.is_main, keep_until_step=step if resume else 0)
@@ -248,10 +249,11 @@ def fit(
                 due = (cfg.save_every is not None and step % cfg.save_every == 0) or (
                     cfg.save_every is None and position == 0
                 )
-                if due and stop_reason == "completed" and step < total_steps:
+                saved = due and stop_reason == "completed" and step < total_steps
+                if saved:
                     save_state()
                 if stop_after_step is not None and step >= stop_after_step:
-                    if not due:
+                    if not saved:
                         save_state()
                     progress.stop()
                     return FitResult(step, epoch, "interrupted", best_step, best_metrics, elapsed())
