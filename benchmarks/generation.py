@@ -96,11 +96,11 @@ def main() -> None:
 
     peer_rate = new / statistics.median(times["transformers GPT2LMHeadModel.generate (cache)"])
     lines = [
-        (f"device: {device_name(device)}; torch {torch.__version__}, transformers "
+        (f"- device: {device_name(device)}; torch {torch.__version__}, transformers "
         f"{transformers.__version__}"),
-        (f"GPT-2 {args.layers} layers, n_embd={args.width}, 4 heads, vocab 1000; batch 1, prompt "
+        (f"- GPT-2 {args.layers} layers, n_embd={args.width}, 4 heads, vocab 1000; batch 1, prompt "
         f"{args.prompt_length}, {new} new tokens, greedy; median of {args.repeats}"),
-        f"all candidates produce the same tokens: {same}",
+        f"- all candidates produce the same tokens: {same}",
         "",
         "| candidate | tokens/s | vs transformers |",
         "|---|---:|---:|",
