@@ -92,10 +92,10 @@ def _print_result(result) -> None:
         if split in result.summary:
             print(f"{split}: {_format_metrics(result.summary[split])}")
     if result.report:
-        print("")
+        print()
         for line in result.report:
             print(line)
-        print("")
+        print()
     print(f"run directory: {result.run_dir}")
     if result.plots:
         print(f"plots: {result.run_dir / 'plots'} ({', '.join(p.name for p in result.plots)})")

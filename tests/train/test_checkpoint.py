@@ -80,7 +80,7 @@ def test_sidecar_is_plain_json_and_old_tensors_are_removed(tmp_path):
 
 def test_crash_before_commit_keeps_previous_checkpoint(tmp_path, monkeypatch):
     save_checkpoint(tmp_path, {"w": torch.ones(2)}, step=1)
-    import seqlab.train.checkpoint as checkpoint
+    from seqlab.train import checkpoint
 
     def crash(*args, **kwargs):
         raise OSError("disk full")

@@ -49,14 +49,14 @@ def test_torchrun_two_cpu_processes(tmp_path):
         "trainer.max_steps=6", "trainer.eval_every=3", "trainer.progress=false", "trainer.device=cpu",
         "--run-dir", str(run_dir),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+                            check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["run"]["world_size"] == 2 and summary["run"]["steps"] == 6
     # Only rank 0 printed the result and wrote the files (no duplicated lines in the log).
     assert result.stdout.count("run directory:") == 1
-    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(steps) and len(steps) == len(set((s, i) for i, s in enumerate(steps)))
-    valid_lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                   if json.loads(line)["split"] == "valid"]
-    assert [line["step"] for line in valid_lines] == [3, 6]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["step"], r["split"]) for r in records]
+    assert keys == sorted(set(keys), key=keys.index)  # each (step, split) written once, in order
+    assert [r["step"] for r in records if r["split"] == "valid"] == [3, 6]

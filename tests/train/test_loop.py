@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from seqlab.train.checkpoint import load_checkpoint, load_weights
+from seqlab.train.checkpoint import CheckpointError, load_checkpoint, load_weights
 from seqlab.train.config import load_config
 from seqlab.train.loop import TrainingError
 from seqlab.train.reporting import read_metrics
@@ -127,9 +127,8 @@ def test_resume_of_finished_run_changes_nothing(tmp_path):
     first = train(config, tmp_path / "run")
     again = train(config, tmp_path / "run", resume=True)
     assert again.summary["valid"] == first.summary["valid"] and again.fit.step == 3
-    model = torch.nn.Module()
-    with pytest.raises(Exception):
-        load_weights(tmp_path / "run" / "model.safetensors", model)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_weights(tmp_path / "run" / "model.safetensors", torch.nn.Linear(2, 2))
 
 
 def test_resume_with_more_steps_continues_a_finished_run(tmp_path):

@@ -10,8 +10,15 @@ import importlib
 
 from seqlab.tasks.base import NoPredictConfig, RecurrentModelConfig, StepOutput, Task
 
-__all__ = ["Task", "StepOutput", "RecurrentModelConfig", "NoPredictConfig", "register_task",
-           "get_task", "task_names"]
+__all__ = [
+    "NoPredictConfig",
+    "RecurrentModelConfig",
+    "StepOutput",
+    "Task",
+    "get_task",
+    "register_task",
+    "task_names",
+]
 
 # Modules that define built-in task kinds, imported on first lookup.
 _MODULES = [

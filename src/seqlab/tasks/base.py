@@ -24,18 +24,18 @@ from pydantic import Field, model_validator
 from seqlab.train.config import StrictModel
 
 __all__ = [
+    "NoPredictConfig",
+    "RecurrentModelConfig",
+    "StepOutput",
     "Task",
     "TensorTask",
-    "StepOutput",
-    "RecurrentModelConfig",
-    "NoPredictConfig",
-    "split_off",
-    "shard_batches",
-    "example_batches",
     "eval_batches",
-    "require_path",
-    "to_device",
+    "example_batches",
     "mean_metrics",
+    "require_path",
+    "shard_batches",
+    "split_off",
+    "to_device",
 ]
 
 
@@ -90,18 +90,18 @@ class RecurrentModelConfig(StrictModel):
 
     def cell_options(self) -> dict[str, Any]:
         """Keyword arguments shared by SequenceClassifier / SequenceTagger / LanguageModel."""
-        return dict(
-            cell=self.cell, hidden_size=self.hidden_size, num_layers=self.num_layers,
-            dropout=self.dropout, nonlinearity=self.nonlinearity, init=self.init,
-            peephole=self.peephole, coupled=self.coupled, reset_after=self.reset_after,
-        )
+        return {
+            "cell": self.cell, "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+            "dropout": self.dropout, "nonlinearity": self.nonlinearity, "init": self.init,
+            "peephole": self.peephole, "coupled": self.coupled, "reset_after": self.reset_after,
+        }
 
 
 def split_off(items: list, fraction: float, seed: int) -> tuple[list, list]:
     """(kept, held_out): a seeded random `fraction` of `items` held out for validation."""
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
-    held = max(1, int(round(len(items) * fraction))) if len(items) > 1 else 0
+    held = max(1, round(len(items) * fraction)) if len(items) > 1 else 0
     held_set = set(order[:held])
     kept = [item for i, item in enumerate(items) if i not in held_set]
     return kept, [items[i] for i in sorted(held_set)]

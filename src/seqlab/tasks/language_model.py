@@ -26,7 +26,7 @@ from seqlab.tasks import register_task
 from seqlab.tasks.base import RecurrentModelConfig, StepOutput, Task
 from seqlab.train.config import StrictModel
 
-__all__ = ["LanguageModelTask", "embedded_corpus", "batchify"]
+__all__ = ["LanguageModelTask", "batchify", "embedded_corpus"]
 
 
 def embedded_corpus() -> str:
@@ -199,10 +199,8 @@ class LanguageModelTask(Task):
 
     def report(self, model, device):
         p = self.predict_config
-        lines = [
-            f"unigram entropy of the training text: {self.unigram_entropy:.3f} nats/token "
-            "(the loss of a model that ignores context)",
-        ]
+        entropy = f"unigram entropy of the training text: {self.unigram_entropy:.3f} nats/token"
+        lines = [f"{entropy} (the loss of a model that ignores context)"]
         if p.num_samples:
             generator = torch.Generator(device=device).manual_seed(p.seed)
             lines.append(f"{p.num_samples} samples (temperature {p.temperature}, prompt {p.prompt!r}):")

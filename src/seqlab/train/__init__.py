@@ -1,6 +1,12 @@
 """Training: strict configs, the resumable loop, safetensors checkpoints, run directories."""
 
-from seqlab.train.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint, save_weights
+from seqlab.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
 from seqlab.train.config import ConfigError, RunConfig, TrainerConfig, list_recipes, load_config
 from seqlab.train.distributed import DistContext, setup_distributed
 from seqlab.train.optim import LRSchedule, build_optimizer, clip_gradients

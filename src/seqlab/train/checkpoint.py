@@ -34,13 +34,13 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "flatten_state",
-    "unflatten_state",
-    "save_checkpoint",
     "load_checkpoint",
-    "save_weights",
     "load_weights",
     "rng_state",
+    "save_checkpoint",
+    "save_weights",
     "set_rng_state",
+    "unflatten_state",
 ]
 
 _TENSOR = "__tensor__"

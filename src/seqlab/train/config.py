@@ -27,15 +27,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 __all__ = [
     "ConfigError",
+    "RunConfig",
     "StrictModel",
     "TrainerConfig",
-    "RunConfig",
-    "parse_override",
     "apply_overrides",
-    "load_config",
-    "validate_config",
-    "recipe_path",
     "list_recipes",
+    "load_config",
+    "parse_override",
+    "recipe_path",
+    "validate_config",
 ]
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"

@@ -12,7 +12,6 @@ and best / early-stopping counters are all restored.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -23,13 +22,19 @@ from typing import Any
 import torch
 
 from seqlab.tasks.base import Task, to_device
-from seqlab.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, save_weights, set_rng_state
+from seqlab.train.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+)
 from seqlab.train.config import TrainerConfig
 from seqlab.train.distributed import DistContext
-from seqlab.train.reporting import MetricsLog, ProgressDisplay
 from seqlab.train.optim import LRSchedule, build_optimizer, clip_gradients
+from seqlab.train.reporting import MetricsLog, ProgressDisplay
 
-__all__ = ["TrainingError", "FitResult", "fit", "detach_carry", "autocast_context"]
+__all__ = ["FitResult", "TrainingError", "autocast_context", "detach_carry", "fit"]
 
 
 class TrainingError(RuntimeError):

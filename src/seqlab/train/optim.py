@@ -16,7 +16,7 @@ import math
 
 import torch
 
-__all__ = ["build_optimizer", "clip_gradients", "warmup_cosine_factor", "LRSchedule"]
+__all__ = ["LRSchedule", "build_optimizer", "clip_gradients", "warmup_cosine_factor"]
 
 
 def build_optimizer(

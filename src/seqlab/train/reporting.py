@@ -41,7 +41,7 @@ class MetricsLog:
             os.replace(tmp, self.path)
         elif keep_until_step == 0 and self.path.exists():
             self.path.unlink()
-        self.handle = open(self.path, "a", encoding="utf-8")
+        self.handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
 
     def write(self, step: int, epoch: int, split: str, metrics: dict, lr: float,
               elapsed: float, grad_norm: float | None = None) -> None:
@@ -88,7 +88,13 @@ class ProgressDisplay:
         if not self.enabled:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.console = self.console or Console(stderr=True)
         self.started = time.monotonic()

@@ -30,21 +30,26 @@ from seqlab.tasks import get_task
 from seqlab.tasks.base import Task
 from seqlab.train.checkpoint import atomic_write_text, load_weights
 from seqlab.train.config import ConfigError, RunConfig, apply_overrides, validate_config
-from seqlab.train.distributed import DistContext, resolve_device, setup_distributed, teardown_distributed
+from seqlab.train.distributed import (
+    DistContext,
+    resolve_device,
+    setup_distributed,
+    teardown_distributed,
+)
 from seqlab.train.loop import FitResult, autocast_context, fit
 from seqlab.train.reporting import read_metrics
 
 __all__ = [
     "RunDirError",
     "RunResult",
-    "default_run_dir",
-    "seed_everything",
     "build_task",
-    "train",
+    "default_run_dir",
+    "evaluate_run",
     "load_run_config",
     "open_run",
-    "evaluate_run",
     "predict_run",
+    "seed_everything",
+    "train",
 ]
 
 
@@ -248,7 +253,7 @@ def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dic
 
 def predict_run(run_dir: str | Path, inputs: list[str], overrides: list[str] | None = None) -> list[str]:
     """One output line per input line: a label, tags, or generated text, depending on the task."""
-    config, task, model, device = open_run(run_dir, overrides)
+    _, task, model, device = open_run(run_dir, overrides)
     with torch.no_grad():
         return task.predict(model, inputs, device)
 
