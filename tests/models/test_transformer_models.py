@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from seqlab.decode import beam_search, greedy_decode
 from seqlab.models import (
     TransformerClassifier,
+    TransformerEncoderModel,
     TransformerLM,
     TransformerMaskedLM,
     TransformerSeq2Seq,
@@ -73,8 +74,8 @@ def test_lm_loss_and_attentions():
 @pytest.mark.parametrize("model_class", [TransformerClassifier, TransformerTagger])
 def test_encoder_padding_does_not_change_real_positions(model_class):
     torch.manual_seed(5)
-    extra = {"num_classes": 3} if model_class is TransformerClassifier else {"num_tags": 4}
-    model = model_class(V, **extra, **SMALL).eval()
+    num_outputs = 3 if model_class is TransformerClassifier else 4
+    model = model_class(TransformerEncoderModel(V, **SMALL), num_outputs).eval()
     ids = torch.randint(1, V, (2, 7), generator=torch.Generator().manual_seed(6))
     lengths = torch.tensor([7, 4])
     base = model(ids, lengths=lengths).logits
@@ -97,7 +98,7 @@ def test_encoder_padding_does_not_change_real_positions(model_class):
 
 def test_mean_pooling_and_losses_by_formula():
     torch.manual_seed(7)
-    model = TransformerClassifier(V, 3, pooling="mean", **SMALL).eval()
+    model = TransformerClassifier(TransformerEncoderModel(V, **SMALL), 3, pooling="mean").eval()
     ids = torch.randint(1, V, (2, 5))
     lengths = torch.tensor([5, 2])
     hidden, _ = model.encoder(ids, torch.arange(5)[None] >= lengths[:, None])
@@ -106,7 +107,7 @@ def test_mean_pooling_and_losses_by_formula():
     torch.testing.assert_close(out.logits, model.head(features))
     torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, torch.tensor([0, 2])))
 
-    tagger = TransformerTagger(V, 4, **SMALL).eval()
+    tagger = TransformerTagger(TransformerEncoderModel(V, **SMALL), 4).eval()
     tags = torch.randint(0, 4, (2, 5))
     out = tagger(ids, lengths=lengths, targets=tags)
     valid = torch.cat([out.logits[0], out.logits[1, :2]])
@@ -115,8 +116,10 @@ def test_mean_pooling_and_losses_by_formula():
 
 def test_masked_lm_ties_weights_and_ignores_unmasked_positions():
     torch.manual_seed(8)
-    model = TransformerMaskedLM(V, norm_first=False, embedding_norm=True, type_vocab_size=2,
-                                **SMALL).eval()
+    encoder = TransformerEncoderModel(
+        V, norm_first=False, embedding_norm=True, type_vocab_size=2, **SMALL
+    )
+    model = TransformerMaskedLM(encoder).eval()
     assert model.decoder.weight is model.encoder.embedding.token.weight
     ids = torch.randint(1, V, (2, 6))
     targets = torch.full_like(ids, -100)
@@ -210,7 +213,7 @@ def test_bad_choices_are_named():
     with pytest.raises(ValueError, match="'learned', 'sinusoidal', 'rotary'"):
         TransformerLM(V, positional="alibi")
     with pytest.raises(ValueError, match="'cls', 'mean'"):
-        TransformerClassifier(V, 2, pooling="max")
+        TransformerClassifier(TransformerEncoderModel(V, **SMALL), 2, pooling="max")
     with pytest.raises(ValueError, match="share_embeddings"):
         TransformerSeq2Seq(10, 11, share_embeddings=True)
 

@@ -26,7 +26,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from seqlab.models.transformer import TransformerClassifier, TransformerLM, TransformerMaskedLM
+from seqlab.models.transformer import (
+    TransformerClassifier,
+    TransformerEncoderModel,
+    TransformerLM,
+    TransformerMaskedLM,
+)
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "from_pretrained_hf"]
 
@@ -150,32 +155,37 @@ def _bert_encoder_state(weights: dict[str, torch.Tensor], num_layers: int, prefi
     return state
 
 
-def _bert_args(config: dict) -> dict:
+def _bert_encoder(config: dict) -> TransformerEncoderModel:
     position_type = config.get("position_embedding_type", "absolute")
     if position_type != "absolute":
         raise ValueError(
             f"BERT with position_embedding_type={position_type!r} is not supported; "
             f"supported: 'absolute'"
         )
-    return {
-        "d_model": config["hidden_size"],
-        "nhead": config["num_attention_heads"],
-        "num_layers": config["num_hidden_layers"],
-        "dim_feedforward": config["intermediate_size"],
-        "dropout": 0.0,
-        "activation": _activation(config, "hidden_act", BERT_ACTIVATIONS),
-        "norm_first": False,
-        "positional": "learned",
-        "max_length": config["max_position_embeddings"],
-        "type_vocab_size": config.get("type_vocab_size", 2),
-        "embedding_norm": True,
-        "layer_norm_eps": config.get("layer_norm_eps", 1e-12),
-        "padding_idx": config.get("pad_token_id"),
-    }
+    return TransformerEncoderModel(
+        config["vocab_size"],
+        d_model=config["hidden_size"],
+        nhead=config["num_attention_heads"],
+        num_layers=config["num_hidden_layers"],
+        dim_feedforward=config["intermediate_size"],
+        dropout=0.0,
+        activation=_activation(config, "hidden_act", BERT_ACTIVATIONS),
+        norm_first=False,
+        positional="learned",
+        max_length=config["max_position_embeddings"],
+        type_vocab_size=config.get("type_vocab_size", 2),
+        embedding_norm=True,
+        layer_norm_eps=config.get("layer_norm_eps", 1e-12),
+        padding_idx=config.get("pad_token_id"),
+    )
 
 
 def _bert_masked_lm(config: dict, weights: dict[str, torch.Tensor]) -> TransformerMaskedLM:
-    model = TransformerMaskedLM(config["vocab_size"], **_bert_args(config))
+    model = TransformerMaskedLM(
+        _bert_encoder(config),
+        activation=_activation(config, "hidden_act", BERT_ACTIVATIONS),
+        layer_norm_eps=config.get("layer_norm_eps", 1e-12),
+    )
     weights = _strip(weights, "bert.")
     state = _bert_encoder_state(weights, config["num_hidden_layers"], "encoder.")
     state.update(
@@ -201,9 +211,7 @@ def _bert_classifier(config: dict, weights: dict[str, torch.Tensor]) -> Transfor
             f"'single_label_classification'"
         )
     num_labels = len(config["id2label"]) if "id2label" in config else config.get("num_labels", 2)
-    model = TransformerClassifier(
-        config["vocab_size"], num_labels, pooling="cls", **_bert_args(config)
-    )
+    model = TransformerClassifier(_bert_encoder(config), num_labels, pooling="cls", dropout=0.0)
     weights = _strip(weights, "bert.")
     state = _bert_encoder_state(weights, config["num_hidden_layers"], "encoder.")
     state.update(

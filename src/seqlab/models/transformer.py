@@ -227,7 +227,9 @@ class TransformerClassifier(nn.Module):
         \ \text{or}\ \tfrac{1}{|valid|}\textstyle\sum_{t\ valid} h_t \ (\texttt{"mean"}), \qquad
         \mathrm{logits} = W\,\mathrm{Drop}(f) + b
 
-    Keyword arguments after ``pooling`` are those of :class:`TransformerEncoderModel`.
+    Args:
+        encoder: the :class:`TransformerEncoderModel` body.
+        num_classes: C. pooling: one of :data:`POOLINGS`. dropout: on the pooled features.
 
     ========== =====================================
     input_ids  (N, L) long
@@ -237,15 +239,19 @@ class TransformerClassifier(nn.Module):
     """
 
     def __init__(
-        self, vocab_size: int, num_classes: int, pooling: str = "cls", **encoder_args
+        self,
+        encoder: TransformerEncoderModel,
+        num_classes: int,
+        pooling: str = "cls",
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
         _check_choice("pooling", pooling, POOLINGS)
         self.pooling = pooling
-        self.encoder = TransformerEncoderModel(vocab_size, **encoder_args)
-        d_model = self.encoder.d_model
+        self.encoder = encoder
+        d_model = encoder.d_model
         self.pooler = nn.Linear(d_model, d_model) if pooling == "cls" else None
-        self.dropout = nn.Dropout(encoder_args.get("dropout", 0.1))
+        self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(d_model, num_classes)
 
     def forward(
@@ -277,8 +283,8 @@ class TransformerTagger(nn.Module):
     r"""One label per token on a Transformer encoder (many-to-many aligned).
 
     logits_t = W Drop(h_t) + b; the loss is the cross-entropy averaged over real tokens
-    (padding and targets equal to -100 are ignored). Keyword arguments are those of
-    :class:`TransformerEncoderModel`.
+    (padding and targets equal to -100 are ignored). `encoder` is the
+    :class:`TransformerEncoderModel` body; `dropout` acts on its outputs.
 
     ========== =================
     input_ids  (N, L) long
@@ -287,11 +293,13 @@ class TransformerTagger(nn.Module):
     ========== =================
     """
 
-    def __init__(self, vocab_size: int, num_tags: int, **encoder_args) -> None:
+    def __init__(
+        self, encoder: TransformerEncoderModel, num_tags: int, dropout: float = 0.1
+    ) -> None:
         super().__init__()
-        self.encoder = TransformerEncoderModel(vocab_size, **encoder_args)
-        self.dropout = nn.Dropout(encoder_args.get("dropout", 0.1))
-        self.head = nn.Linear(self.encoder.d_model, num_tags)
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.d_model, num_tags)
 
     def forward(
         self,
@@ -322,8 +330,9 @@ class TransformerMaskedLM(nn.Module):
         \mathrm{logits}_t = E\,z_t + b
 
     with E the (tied) token embedding matrix. The loss is the cross-entropy over the positions
-    whose target is not -100 (the masked ones). Keyword arguments are those of
-    :class:`TransformerEncoderModel`.
+    whose target is not -100 (the masked ones). `encoder` is the
+    :class:`TransformerEncoderModel` body whose token embedding E is reused; `activation` (a
+    name from :data:`seqlab.nn.transformer.ACTIVATIONS`) and `layer_norm_eps` are the head's.
 
     ========== =================================================
     input_ids  (N, L) long, with some tokens replaced by [MASK]
@@ -332,15 +341,21 @@ class TransformerMaskedLM(nn.Module):
     ========== =================================================
     """
 
-    def __init__(self, vocab_size: int, **encoder_args) -> None:
+    def __init__(
+        self,
+        encoder: TransformerEncoderModel,
+        activation: str = "gelu",
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
-        self.encoder = TransformerEncoderModel(vocab_size, **encoder_args)
-        d_model = self.encoder.d_model
+        self.encoder = encoder
+        d_model = encoder.d_model
+        token = encoder.embedding.token
         self.transform = nn.Linear(d_model, d_model)
-        self.activation = activation_function(encoder_args.get("activation", "gelu"))
-        self.norm = nn.LayerNorm(d_model, eps=encoder_args.get("layer_norm_eps", 1e-5))
-        self.decoder = nn.Linear(d_model, vocab_size)
-        self.decoder.weight = self.encoder.embedding.token.weight
+        self.activation = activation_function(activation)
+        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.decoder = nn.Linear(d_model, token.num_embeddings)
+        self.decoder.weight = token.weight
 
     def forward(
         self,
