@@ -33,9 +33,9 @@ def test_cached_logits_equal_full_recomputation(positional):
     ids = torch.randint(0, V, (2, 9), generator=torch.Generator().manual_seed(1))
     full = model(ids).logits
     cache = model.new_cache()
-    pieces = [model(ids[:, :4], kv_cache=cache).logits]
+    pieces = [model(ids[:, :4], state=cache).logits]
     for t in range(4, 9):
-        pieces.append(model(ids[:, t : t + 1], kv_cache=cache).logits)
+        pieces.append(model(ids[:, t : t + 1], state=cache).logits)
     assert cache.length == 9
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=1e-4)
 
@@ -64,6 +64,7 @@ def test_lm_loss_and_attentions():
     out = model(ids, targets=targets, output_attentions=True)
     expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))
     torch.testing.assert_close(out.loss, expected)
+    assert out.state is None  # no cache while training: a carried state stays None
     torch.testing.assert_close(out.logits, model(ids).logits, atol=1e-5, rtol=1e-5)  # both paths
     assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 2, 6, 6)
     assert torch.count_nonzero(out.attentions[1].triu(diagonal=1)) == 0

@@ -388,9 +388,13 @@ class TransformerLM(nn.Module):
     with W = E when ``tie_weights``. Like :class:`~seqlab.models.LanguageModel`, ``targets`` are
     the next tokens (usually ``ids`` shifted left by one; -100 is ignored).
 
-    With a ``kv_cache`` (:class:`~seqlab.decode.kv_cache.KVCache`) the call reads only the new
-    tokens, appends their keys and values to the cache and returns it as ``state``;
-    :meth:`generate` uses it so each new token costs one position, not the whole prefix.
+    ``state`` is the key/value cache (:class:`~seqlab.decode.kv_cache.KVCache`, from
+    :meth:`new_cache`): with one, the call reads only the new tokens, appends their keys and
+    values to the cache and returns it as ``state``; :meth:`generate` uses it so each new token
+    costs one position, not the whole prefix. Without one (training) ``state`` stays None, so
+    the call signature is that of the recurrent :class:`~seqlab.models.LanguageModel`
+    (``model(ids, state=..., targets=...)``) and code that carries its state works unchanged;
+    each call then sees only its own chunk of context.
 
     ================ =====================================================
     input_ids        (N, L) long (the new tokens when a cache is passed)
@@ -460,18 +464,18 @@ class TransformerLM(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
+        state: KVCache | None = None,
         targets: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         lengths: torch.Tensor | None = None,
-        kv_cache=None,
         output_attentions: bool = False,
     ) -> LMOutput:
-        offset = 0 if kv_cache is None else kv_cache.length
+        offset = 0 if state is None else state.length
         padding = padding_mask(input_ids, lengths, attention_mask)
         x = self.embedding(input_ids, offset=offset)  # (N, L, E)
         hidden, weights = self.blocks(
             x, src_key_padding_mask=padding, is_causal=True, need_weights=output_attentions,
-            kv_cache=kv_cache, position_offset=offset,
+            kv_cache=state, position_offset=offset,
         )
         logits = self.head(hidden)  # (N, L, V)
         loss = None
@@ -480,7 +484,7 @@ class TransformerLM(nn.Module):
                 logits.reshape(-1, self.vocab_size), targets.reshape(-1), ignore_index=-100
             )
         return LMOutput(
-            logits=logits, loss=loss, state=kv_cache, attentions=_stack_weights(weights)
+            logits=logits, loss=loss, state=state, attentions=_stack_weights(weights)
         )
 
     @torch.no_grad()
@@ -528,7 +532,7 @@ class TransformerLM(nn.Module):
         try:
             tokens = prompt_ids
             cache = self.new_cache() if use_cache else None
-            logits = self(prompt_ids[:, -self.max_length :], kv_cache=cache).logits[:, -1]
+            logits = self(prompt_ids[:, -self.max_length :], state=cache).logits[:, -1]
             for step in range(max_new_tokens):
                 next_token = sample_next_token(
                     logits, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -538,7 +542,7 @@ class TransformerLM(nn.Module):
                 if step + 1 == max_new_tokens:
                     break
                 if use_cache:
-                    logits = self(next_token[:, None], kv_cache=cache).logits[:, -1]
+                    logits = self(next_token[:, None], state=cache).logits[:, -1]
                 else:
                     logits = self(tokens[:, -self.max_length :]).logits[:, -1]  # (N, V)
         finally:
