@@ -141,6 +141,17 @@ def test_cross_attention_and_float_masks_match_torch():
     torch.testing.assert_close(weights, expected_weights, atol=1e-6, rtol=1e-5)
 
 
+def test_projected_key_value_stands_in_for_key_and_value():
+    _, ours = _pair(batch_first=False, seed=2)
+    query, memory = torch.randn(L, N, E), torch.randn(S, N, E)
+    padding = _padding()
+    expected, _ = ours(query, memory, memory, key_padding_mask=padding)
+    projected = ours.project_key_value(memory, memory)
+    assert projected[0].shape == (N, H, S, E // H)
+    out, _ = ours(query, None, None, key_padding_mask=padding, projected_key_value=projected)
+    torch.testing.assert_close(out, expected)
+
+
 def test_multihead_gradcheck_float64():
     torch.manual_seed(0)
     attention = MultiheadAttention(4, 2, batch_first=True).double()

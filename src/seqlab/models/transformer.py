@@ -556,18 +556,28 @@ class TransformerMemory:
 
     outputs: (N, S, E) encoder outputs. padding: (N, S) bool, True at padding.
     lengths: (N,) source lengths.
+    key_values: each decoder layer's cross-attention keys and values of `outputs`,
+        (N, h, S, d) each, computed once so decoding steps do not project the source again.
     """
 
     outputs: torch.Tensor
     padding: torch.Tensor
     lengths: torch.Tensor
+    key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def index_select(self, index: torch.Tensor) -> TransformerMemory:
         """The memory of batch rows `index` (repeat a row to give each beam its copy)."""
+        key_values = None
+        if self.key_values is not None:
+            key_values = [
+                (key.index_select(0, index), value.index_select(0, index))
+                for key, value in self.key_values
+            ]
         return TransformerMemory(
             self.outputs.index_select(0, index),
             self.padding.index_select(0, index),
             self.lengths.index_select(0, index),
+            key_values,
         )
 
 
@@ -699,8 +709,14 @@ class TransformerSeq2Seq(nn.Module):
         return TransformerMemory(outputs, padding, src_lengths), weights
 
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> TransformerMemory:
-        """Run the encoder: src (N, S), src_lengths (N,) -> :class:`TransformerMemory`."""
-        return self._encode(src, src_lengths)[0]
+        """Run the encoder: src (N, S), src_lengths (N,) -> :class:`TransformerMemory`, with each
+        decoder layer's cross-attention keys and values computed once for all steps."""
+        memory = self._encode(src, src_lengths)[0]
+        memory.key_values = [
+            layer.multihead_attn.project_key_value(memory.outputs, memory.outputs)
+            for layer in self.decoder.layers
+        ]
+        return memory
 
     def init_state(self, memory: TransformerMemory) -> KVCache:
         """An empty key/value cache for the decoder's self-attention."""
@@ -716,7 +732,7 @@ class TransformerSeq2Seq(nn.Module):
         x = self.target_embedding(prev_tokens[:, None], offset=offset)  # (N, 1, E)
         hidden, _, _ = self.decoder(
             x, memory.outputs, memory_key_padding_mask=memory.padding, kv_cache=state,
-            position_offset=offset,
+            position_offset=offset, memory_key_values=memory.key_values,
         )  # (N, 1, E); one query after the cached past needs no causal mask
         logits = self.out(hidden[:, 0])  # (N, V)
         return torch.log_softmax(logits, dim=-1), state, None

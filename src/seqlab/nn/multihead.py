@@ -243,11 +243,23 @@ class MultiheadAttention(nn.Module):
             return masks[0] & masks[1]
         return _as_bias(masks[0], dtype) + _as_bias(masks[1], dtype)
 
+    def project_key_value(
+        self, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """K W_k + b_k and V W_v + b_v split into heads, (N, h, S, d) each.
+
+        Independent of the query: a decoder computes them once per source sentence and passes
+        them back as `projected_key_value` at every step of its cross-attention.
+        """
+        if not self.batch_first:
+            key, value = key.transpose(0, 1), value.transpose(0, 1)  # (N, S, E)
+        return self._project(key, 1), self._project(value, 2)
+
     def forward(
         self,
         query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
+        key: torch.Tensor | None,
+        value: torch.Tensor | None,
         key_padding_mask: torch.Tensor | None = None,
         need_weights: bool = True,
         attn_mask: torch.Tensor | None = None,
@@ -255,19 +267,23 @@ class MultiheadAttention(nn.Module):
         is_causal: bool = False,
         kv_cache: KVCacheLayer | None = None,
         position_offset: int = 0,
+        projected_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend from `query` to `key` / `value`; returns ``(output, weights or None)``.
 
         With `kv_cache` the new keys and values are appended to the cache and the queries attend
         to everything cached so far (`key_padding_mask` then covers all S cached positions).
         `position_offset` is the position of the first query (and new key) for rotary.
+        `projected_key_value` from :meth:`project_key_value` stands in for `key` and `value`.
         """
         if not self.batch_first:
-            query, key, value = (x.transpose(0, 1) for x in (query, key, value))  # (N, T, E)
+            query = query.transpose(0, 1)  # (N, L, E)
         batch = query.size(0)
         q = self._project(query, 0)  # (N, h, L, d)
-        k = self._project(key, 1)  # (N, h, S_new, d)
-        v = self._project(value, 2)  # (N, h, S_new, d)
+        if projected_key_value is None:
+            k, v = self.project_key_value(key, value)  # (N, h, S_new, d) each
+        else:
+            k, v = projected_key_value
         if self.rotary is not None:
             q = self.rotary(q, offset=position_offset)
             k = self.rotary(k, offset=position_offset)

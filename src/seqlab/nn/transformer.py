@@ -215,7 +215,11 @@ class TransformerDecoderLayer(nn.Module):
         need_weights: bool = False,
         kv_cache=None,
         position_offset: int = 0,
+        memory_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """`memory_key_value`: ``multihead_attn.project_key_value(memory, memory)``, computed once
+        per source sentence while decoding step by step; `memory` is then not read again."""
+
         def self_block(x):
             out, weights = self.self_attn(
                 x, x, x, key_padding_mask=tgt_key_padding_mask, need_weights=need_weights,
@@ -228,6 +232,7 @@ class TransformerDecoderLayer(nn.Module):
             out, weights = self.multihead_attn(
                 x, memory, memory, key_padding_mask=memory_key_padding_mask,
                 need_weights=need_weights, attn_mask=memory_mask, average_attn_weights=False,
+                projected_key_value=memory_key_value,
             )
             return self.dropout2(out), weights
 
@@ -304,6 +309,8 @@ class TransformerDecoder(nn.Module):
 
     ``forward`` returns ``(output, self_weights, cross_weights)``, the two lists holding each
     layer's (N, h, L, L) and (N, h, L, S) weights when ``need_weights``, else None.
+    ``memory_key_values`` holds each layer's projected memory (see
+    :meth:`~seqlab.nn.MultiheadAttention.project_key_value`) for step-by-step decoding.
     """
 
     def __init__(
@@ -326,6 +333,7 @@ class TransformerDecoder(nn.Module):
         need_weights: bool = False,
         kv_cache=None,
         position_offset: int = 0,
+        memory_key_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[torch.Tensor] | None]:
         self_weights, cross_weights = [], []
         x = tgt
@@ -336,6 +344,7 @@ class TransformerDecoder(nn.Module):
                 memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal,
                 need_weights=need_weights, kv_cache=_layer_cache(kv_cache, index),
                 position_offset=position_offset,
+                memory_key_value=None if memory_key_values is None else memory_key_values[index],
             )
             self_weights.append(layer_self)
             cross_weights.append(layer_cross)
