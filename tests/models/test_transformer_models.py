@@ -139,9 +139,11 @@ def _seq2seq(**options):
     return TransformerSeq2Seq(19, 21, **args).eval()
 
 
-@pytest.mark.parametrize("norm_first", [True, False])
-def test_seq2seq_steps_equal_the_teacher_forced_pass(norm_first):
-    model = _seq2seq(norm_first=norm_first)
+@pytest.mark.parametrize(
+    ("norm_first", "positional"), [(True, "sinusoidal"), (False, "sinusoidal"), (True, "rotary")]
+)
+def test_seq2seq_steps_equal_the_teacher_forced_pass(norm_first, positional):
+    model = _seq2seq(norm_first=norm_first, positional=positional)
     src = torch.randint(3, 19, (3, 6))
     lengths = torch.tensor([6, 4, 2])
     tgt = torch.randint(3, 21, (3, 5))
