@@ -155,6 +155,8 @@ class MultiheadAttention(nn.Module):
 
     ``in_proj_weight`` (3E, E) stacks W_q, W_k, W_v; ``in_proj_bias`` (3E,); ``out_proj`` is an
     ``nn.Linear(E, E)``. So ``load_state_dict(torch_mha.state_dict())`` works and outputs match.
+    torch's ``kdim`` / ``vdim`` (keys of another width), ``add_bias_kv`` and ``add_zero_attn``
+    are not offered. The weights returned are those before attention dropout.
 
     Args:
         embed_dim: E. num_heads: h (must divide E).
