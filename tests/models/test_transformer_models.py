@@ -69,7 +69,20 @@ def test_lm_loss_and_attentions():
     assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 2, 6, 6)
     assert torch.count_nonzero(out.attentions[1].triu(diagonal=1)) == 0
     with pytest.raises(ValueError, match="max_length=64"):
-        model.generate(ids, 80)
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_generation_past_max_length_slides_a_window():
+    model = _lm()
+    prompt = torch.randint(0, V, (2, 60), generator=torch.Generator().manual_seed(12))
+    cached = model.generate(prompt, 10, temperature=0)
+    window = model.generate(prompt, 10, temperature=0, use_cache=False)
+    assert torch.equal(cached, window)
+    expected = prompt
+    for _ in range(10):  # by hand: the next token from the last 64 tokens
+        logits = model(expected[:, -64:]).logits[:, -1]
+        expected = torch.cat([expected, logits.argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(cached, expected)
 
 
 @pytest.mark.parametrize("model_class", [TransformerClassifier, TransformerTagger])

@@ -502,7 +502,9 @@ class TransformerLM(nn.Module):
 
         With ``use_cache`` the prompt is read once and each new token alone after it (keys and
         values of the past come from the cache); without, every step re-reads the whole
-        sequence (the last ``max_length`` tokens). Both give the same tokens. Tokens are chosen
+        sequence. Both give the same tokens. Once the sequence outgrows the ``max_length``
+        positions, both read a sliding window of the last ``max_length`` tokens (the cache
+        cannot slide: learned and sinusoidal positions would shift). Tokens are chosen
         by :func:`seqlab.decode.sampling.sample_next_token` (``temperature=0`` is greedy). Runs
         in eval mode and restores the previous mode. Returns (N, P + max_new_tokens).
         """
@@ -520,12 +522,6 @@ class TransformerLM(nn.Module):
             )
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens should be >= 0, got {max_new_tokens!r}")
-        total = prompt_ids.size(1) + max_new_tokens
-        if use_cache and total - 1 > self.max_length:
-            raise ValueError(
-                f"prompt + max_new_tokens = {total} tokens exceed max_length={self.max_length} "
-                f"positions; generate fewer tokens or use use_cache=False (a sliding window)"
-            )
 
         was_training = self.training
         self.eval()
@@ -541,7 +537,9 @@ class TransformerLM(nn.Module):
                 tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (N, t + 1)
                 if step + 1 == max_new_tokens:
                     break
-                if use_cache:
+                if cache is not None and cache.length == self.max_length:
+                    cache = None  # full: go on with the sliding window
+                if cache is not None:
                     logits = self(next_token[:, None], state=cache).logits[:, -1]
                 else:
                     logits = self(tokens[:, -self.max_length :]).logits[:, -1]  # (N, V)
