@@ -197,17 +197,17 @@ def _lstm_backward(grad_out, grad_h, grad_c, weight_hh, weight_ch, valid, saved,
         cell_gates = 3  # i, f, g
     peeps = cell_gates - 1  # gates that look at the previous cell: (i, f) or f
     if weight_ch is not None:
-        w_peep = weight_ch[: peeps * hidden].view(peeps, hidden)
+        w_peep = weight_ch[: peeps * hidden].chunk(peeps)  # (w_ci, w_cf) or (w_cf,)
         w_co = weight_ch[-hidden:]
     grad_gates = torch.empty_like(acts)  # (L, N, G·H), the same layout as the gates
     steps = _steps(
         grad_out, d_h_d_c, d_h_d_o_pre, d_c_d_pre.view(length, batch, cell_gates, hidden), f,
         grad_gates, grad_gates[..., -hidden:],
         grad_gates[..., : cell_gates * hidden].view(length, batch, cell_gates, hidden),
-        grad_gates[..., : peeps * hidden].view(length, batch, peeps, hidden))
+        grad_gates[..., :hidden], grad_gates[..., hidden: 2 * hidden])
     for t in range(length - 1, -1, -1):
-        (grad_out_t, d_h_d_c_t, d_h_d_o_pre_t, d_c_d_pre_t, f_t,
-         grad_gates_t, grad_o_pre_t, grad_cell_gates_t, grad_peep_t) = steps[t]
+        (grad_out_t, d_h_d_c_t, d_h_d_o_pre_t, d_c_d_pre_t, f_t, grad_gates_t, grad_o_pre_t,
+         grad_cell_gates_t, grad_first_t, grad_second_t) = steps[t]
         _note(norms, grad_out_t + grad_h)
         grad_h_new = _masked(valid, t, grad_out_t + grad_h)
         grad_c_new = torch.addcmul(_masked(valid, t, grad_c), grad_h_new, d_h_d_c_t)
@@ -216,8 +216,10 @@ def _lstm_backward(grad_out, grad_h, grad_c, weight_hh, weight_ch, valid, saved,
             grad_c_new.addcmul_(grad_o_pre_t, w_co)
         torch.mul(grad_c_new.unsqueeze(1), d_c_d_pre_t, out=grad_cell_gates_t)
         grad_c_prev = grad_c_new * f_t
-        if weight_ch is not None:
-            grad_c_prev += (grad_peep_t * w_peep).sum(1)
+        if weight_ch is not None:  # the gates that peeped at c send gradient back to it
+            grad_c_prev.addcmul_(grad_first_t, w_peep[0])
+            if peeps == 2:
+                grad_c_prev.addcmul_(grad_second_t, w_peep[1])
         grad_h = _carry(valid, t, grad_gates_t @ weight_hh, grad_h)
         grad_c = _carry(valid, t, grad_c_prev, grad_c)
     grad_weight_ch = None
