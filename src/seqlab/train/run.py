@@ -184,8 +184,10 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
         _load_artifacts(task, run_dir)
         _prepare(task, fit_vocab=False)
     else:
+        # Under torchrun only rank 0 names and writes the directory; the other ranks write
+        # nothing, so their own name for it (a timestamp a moment apart) is never used.
         run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config.recipe)
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if context.is_main and run_dir.exists() and any(run_dir.iterdir()):
             raise RunDirError(
                 f"run directory {run_dir} already exists and is not empty; "
                 f"continue it with --resume {run_dir} or pick another --run-dir"
@@ -201,7 +203,7 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
 
     result = fit(task, model, trainer, run_dir, context, resume=resume,
                  stop_after_step=stop_after_step, console=console)
-    if result.stop_reason == "interrupted":
+    if result.stop_reason == "interrupted" or not context.is_main:
         return RunResult(run_dir, {}, result)
 
     load_weights(run_dir / "model.safetensors", model)
@@ -215,14 +217,11 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "world_size": context.world_size, "device": str(device),
     }
-    report, plots = [], []
-    if context.is_main:
-        _write_summary(run_dir, summary)
-        from seqlab.viz import plot_metrics
+    _write_summary(run_dir, summary)
+    from seqlab.viz import plot_metrics
 
-        plots = plot_metrics(read_metrics(run_dir / "metrics.jsonl"), run_dir / "plots")
-        report = task.report(model, device)
-    return RunResult(run_dir, summary, result, report, plots)
+    plots = plot_metrics(read_metrics(run_dir / "metrics.jsonl"), run_dir / "plots")
+    return RunResult(run_dir, summary, result, task.report(model, device), plots)
 
 
 def open_run(run_dir: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, Task, torch.nn.Module, torch.device]:
