@@ -123,7 +123,7 @@ def fit(
     best_step: int | None = None
     best_metrics: dict[str, float] = {}
     bad_evals = 0
-    window_loss, window_count, window_items = 0.0, 0, 0
+    window_loss, window_count = 0.0, 0
     elapsed_before = 0.0
     if resume:
         state = load_checkpoint(checkpoint_dir)
@@ -134,7 +134,7 @@ def fit(
         step, epoch, position = counters["step"], counters["epoch"], counters["position"]
         best_value, best_step, bad_evals = counters["best_value"], counters["best_step"], counters["bad_evals"]
         best_metrics = counters["best_metrics"]
-        window_loss, window_count, window_items = counters["window"]
+        window_loss, window_count = counters["window"]
         elapsed_before = counters["elapsed"]
         carry = state.get("carry")
         if carry is not None:
@@ -164,7 +164,7 @@ def fit(
             "counters": {
                 "step": step, "epoch": epoch, "position": position, "best_value": best_value,
                 "best_step": best_step, "best_metrics": best_metrics, "bad_evals": bad_evals,
-                "window": [window_loss, window_count, window_items], "elapsed": elapsed(),
+                "window": [window_loss, window_count], "elapsed": elapsed(),
                 "finished": finished,
             },
         }
@@ -226,14 +226,13 @@ def fit(
                 position = index + 1
                 window_loss += loss_value
                 window_count += 1
-                window_items += out.count
                 progress.update(step, loss_value, out.count)
 
                 if step % cfg.log_every == 0:
                     log.write(step=step, epoch=epoch, split="train",
                               metrics={"loss": window_loss / window_count}, lr=lr,
                               grad_norm=grad_norm, elapsed=elapsed())
-                    window_loss, window_count, window_items = 0.0, 0, 0
+                    window_loss, window_count = 0.0, 0
                 stop = False
                 if cfg.eval_every is not None and step % cfg.eval_every == 0:
                     stop = run_eval()
