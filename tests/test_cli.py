@@ -149,3 +149,24 @@ def test_console_script_runs_as_a_process(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("seqlab: error: unknown config key 'trainer.lrr'")
     assert not (Path(tmp_path) / "runs").exists()
+
+
+def test_ctrl_c_names_the_run_to_resume(capsys, tmp_path, monkeypatch):
+    from seqlab.tasks.adding import AddingTask
+
+    original = AddingTask.training_step
+    calls = {"n": 0}
+
+    def interrupted(self, model, batch, carry):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original(self, model, batch, carry)
+
+    monkeypatch.setattr(AddingTask, "training_step", interrupted)
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "adding-lstm", *TINY, "trainer.save_every=2", "--run-dir", str(run_dir))
+    assert code == 130 and f"seqlab train --resume {run_dir}" in err
+    monkeypatch.undo()
+    code, out, _ = run_cli(capsys, "train", "--resume", str(run_dir))
+    assert code == 0 and "finished after" in out

@@ -163,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as exc:
         _error(str(exc))
         return TRAINING_FAILED
-    except KeyboardInterrupt:
-        _error("interrupted; continue with `seqlab train --resume RUN_DIR`")
+    except KeyboardInterrupt as exc:
+        run_dir = getattr(exc, "run_dir", None)
+        if run_dir is not None and (run_dir / "checkpoint" / "state.json").is_file():
+            _error(f"interrupted; continue from the last checkpoint with `seqlab train --resume {run_dir}`")
+        elif run_dir is not None:
+            _error(f"interrupted before the first checkpoint; {run_dir} cannot be resumed")
+        else:
+            _error("interrupted")
         return INTERRUPTED

@@ -42,6 +42,7 @@ from seqlab.train.reporting import read_metrics
 __all__ = [
     "RunDirError",
     "RunResult",
+    "TrainingInterrupted",
     "build_task",
     "default_run_dir",
     "evaluate_run",
@@ -55,6 +56,14 @@ __all__ = [
 
 class RunDirError(ValueError):
     """A path that is not a (complete) seqlab run directory, or one that would be overwritten."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; `run_dir` says which run `--resume` can continue."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = Path(run_dir)
 
 
 @dataclass
@@ -201,8 +210,11 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
         task.save_artifacts(run_dir)
     context.barrier()
 
-    result = fit(task, model, trainer, run_dir, context, resume=resume,
-                 stop_after_step=stop_after_step, console=console)
+    try:
+        result = fit(task, model, trainer, run_dir, context, resume=resume,
+                     stop_after_step=stop_after_step, console=console)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(run_dir) from None
     if result.stop_reason == "interrupted" or not context.is_main:
         return RunResult(run_dir, {}, result)
 
