@@ -163,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as exc:
         _error(str(exc))
         return TRAINING_FAILED
+    except BrokenPipeError:
+        # The reader of our output went away (`| head`); stop quietly like other commands do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt as exc:
         run_dir = getattr(exc, "run_dir", None)
         if run_dir is not None and (run_dir / "checkpoint" / "state.json").is_file():
