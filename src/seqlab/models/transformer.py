@@ -167,10 +167,12 @@ class TransformerEncoderModel(nn.Module):
     outputs at real positions. Pre-norm stacks (``norm_first=True``) end with a LayerNorm;
     ``norm_first=False, embedding_norm=True, activation="gelu"`` is BERT's layout.
 
-    ========== ==================================================
-    input_ids  (N, L) long; attention_mask (N, L) or lengths (N,)
-    hidden     (N, L, E); weights, when asked: one (N, h, L, L) per layer
-    ========== ==================================================
+    ============== ===========================================================
+    input_ids      (N, L) long
+    padding        (N, L) bool, True at padding (see :func:`padding_mask`), or None
+    token_type_ids (N, L) long or None
+    hidden         (N, L, E); weights, when asked: one (N, h, L, L) per layer
+    ============== ===========================================================
     """
 
     def __init__(
