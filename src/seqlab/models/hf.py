@@ -14,7 +14,9 @@ BertForSequenceClassification TransformerClassifier     (the same)
 ========================== ============================ =====================================
 
 Calling the model on ``input_ids`` (N, L) (and ``attention_mask`` (N, L), 1 = real token) gives
-the same ``.logits`` as the transformers model, up to float rounding.
+the same ``.logits`` as the transformers model, up to float rounding. For fine-tuning, the
+model's one dropout rate is the checkpoint's residual / hidden one (``resid_pdrop``,
+``hidden_dropout_prob``), also used on the attention weights.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def _gpt2(config: dict, weights: dict[str, torch.Tensor]) -> TransformerLM:
         nhead=config["n_head"],
         num_layers=num_layers,
         dim_feedforward=config.get("n_inner") or 4 * d_model,
-        dropout=0.0,
+        dropout=config.get("resid_pdrop", 0.1),
         activation=_activation(config, "activation_function", GPT2_ACTIVATIONS),
         positional="learned",
         max_length=config["n_positions"],
@@ -168,7 +170,7 @@ def _bert_encoder(config: dict) -> TransformerEncoderModel:
         nhead=config["num_attention_heads"],
         num_layers=config["num_hidden_layers"],
         dim_feedforward=config["intermediate_size"],
-        dropout=0.0,
+        dropout=config.get("hidden_dropout_prob", 0.1),
         activation=_activation(config, "hidden_act", BERT_ACTIVATIONS),
         norm_first=False,
         positional="learned",
@@ -211,7 +213,8 @@ def _bert_classifier(config: dict, weights: dict[str, torch.Tensor]) -> Transfor
             f"'single_label_classification'"
         )
     num_labels = len(config["id2label"]) if "id2label" in config else config.get("num_labels", 2)
-    model = TransformerClassifier(_bert_encoder(config), num_labels, pooling="cls", dropout=0.0)
+    dropout = config.get("classifier_dropout") or config.get("hidden_dropout_prob", 0.1)
+    model = TransformerClassifier(_bert_encoder(config), num_labels, pooling="cls", dropout=dropout)
     weights = _strip(weights, "bert.")
     state = _bert_encoder_state(weights, config["num_hidden_layers"], "encoder.")
     state.update(
