@@ -136,7 +136,7 @@ class Task:
         self.predict_config = predict
         self.seed = seed
 
-    # Data -------------------------------------------------------------------------------
+    # Data.
     def prepare(self, fit_vocab: bool = True) -> None:
         """Read or generate the splits; raise DataError / ConfigError for the user's data.
 
@@ -148,30 +148,36 @@ class Task:
         raise NotImplementedError
 
     def train_batches(self, epoch: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list:
+        """This rank's batch keys for `epoch`, a function of (seed, epoch) only."""
         raise NotImplementedError
 
     def collate(self, key: Any) -> dict[str, torch.Tensor]:
+        """The tensors of one training batch (on the CPU; the loop moves them)."""
         raise NotImplementedError
 
-    # Artifacts ---------------------------------------------------------------------------
+    # Artifacts.
     def save_artifacts(self, run_dir: Path) -> None:
         """Write what `predict` needs besides the weights (tokenizer.json, labels.json, ...)."""
 
     def load_artifacts(self, run_dir: Path) -> None:
         """Read back what `save_artifacts` wrote."""
 
-    # Model and metrics -------------------------------------------------------------------
+    # Model and metrics.
     def build_model(self) -> torch.nn.Module:
+        """The model, from `model.*` and the vocabulary sizes found by `prepare`."""
         raise NotImplementedError
 
     def training_step(self, model: torch.nn.Module, batch: dict, carry: Any) -> StepOutput:
+        """Forward one batch (the model may be DDP-wrapped); `carry` is the previous step's state."""
         raise NotImplementedError
 
     def evaluate(self, model: torch.nn.Module, split: str, batch_size: int, device: torch.device) -> dict[str, float]:
+        """Metrics averaged over the whole split; must contain `metric`."""
         raise NotImplementedError
 
-    # Using the trained model -------------------------------------------------------------
+    # Using the trained model.
     def predict(self, model: torch.nn.Module, inputs: list[str], device: torch.device) -> list[str]:
+        """One output line per input line (a label, tags, a continuation, ...)."""
         raise NotImplementedError
 
     def report(self, model: torch.nn.Module, device: torch.device) -> list[str]:
