@@ -170,15 +170,17 @@ def train(
     anything is written for a new run) and TrainingError when the loss goes non-finite.
     """
     trainer = config.trainer
-    if trainer.num_threads:
-        torch.set_num_threads(trainer.num_threads)
     try:
         device_context = setup_distributed(trainer.device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    threads = torch.get_num_threads()
+    if trainer.num_threads:
+        torch.set_num_threads(trainer.num_threads)
     try:
         return _train(config, device_context, run_dir, resume, stop_after_step, console)
     finally:
+        torch.set_num_threads(threads)  # a library call leaves the process as it found it
         teardown_distributed(device_context)
 
 
