@@ -128,3 +128,64 @@ def test_unknown_label_in_valid_is_a_data_error(tmp_path):
     task = build_task(load_config("classify-bilstm", [f"data.train={train_path}", f"data.valid={valid_path}"]))
     with pytest.raises(DataError, match=r"'neutral'.*known labels: neg, pos"):
         task.prepare()
+
+
+def _prepared(name, overrides):
+    torch.manual_seed(0)
+    task = build_task(load_config(name, overrides))
+    task.prepare()
+    return task, task.build_model().eval()
+
+
+def test_classify_metrics_equal_one_example_at_a_time(tmp_path):
+    import torch.nn.functional as F
+
+    path = write_classification(tmp_path / "train.csv", rows=30)
+    task, model = _prepared("classify-bilstm", [f"data.train={path}", "data.valid_fraction=0.4",
+                                                "model.hidden_size=4", "model.embedding_dim=4"])
+    metrics = task.evaluate(model, "valid", batch_size=5, device=torch.device("cpu"))
+    losses, hits = [], []
+    with torch.no_grad():
+        for ids, label in task.examples["valid"]:
+            logits = model(torch.tensor([ids])).logits  # no padding at all
+            losses.append(float(F.cross_entropy(logits, torch.tensor([label]))))
+            hits.append(float(logits.argmax(-1).item() == label))
+    assert metrics["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx(sum(hits) / len(hits))
+
+
+def test_tag_metrics_count_real_tokens_only(tmp_path):
+    import torch.nn.functional as F
+
+    path = tmp_path / "train.conll"
+    path.write_text("the DT\ncat NN\n\nthe DT\nbig JJ\nred JJ\ndog NN\nruns VB\n\na DT\ndog NN\n\n" * 3)
+    task, model = _prepared("tag-bilstm", [f"data.train={path}", "data.valid_fraction=0.5",
+                                           "model.hidden_size=4", "model.embedding_dim=4"])
+    metrics = task.evaluate(model, "valid", batch_size=3, device=torch.device("cpu"))
+    loss_sum, hits, count = 0.0, 0.0, 0
+    with torch.no_grad():
+        for ids, tags in task.examples["valid"]:
+            logits = model(torch.tensor([ids])).logits[0]  # (L, C)
+            loss_sum += float(F.cross_entropy(logits, torch.tensor(tags), reduction="sum"))
+            hits += float((logits.argmax(-1) == torch.tensor(tags)).sum())
+            count += len(tags)
+    assert metrics["loss"] == pytest.approx(loss_sum / count, rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx(hits / count)
+
+
+def test_language_model_evaluation_equals_one_pass_over_each_row():
+    import math
+
+    import torch.nn.functional as F
+
+    task, model = _prepared("charlm-lstm", ["data.max_chars=3000", "data.bptt=7", "model.hidden_size=6",
+                                            "model.embedding_dim=4"])
+    metrics = task.evaluate(model, "valid", batch_size=3, device=torch.device("cpu"))
+    stream = task.streams["valid"]
+    rows = stream[: 3 * (stream.numel() // 3)].view(3, -1)
+    with torch.no_grad():
+        logits = model(rows[:, :-1]).logits  # whole rows at once == chunks with carried state
+    expected = F.cross_entropy(logits.reshape(-1, logits.size(-1)), rows[:, 1:].reshape(-1))
+    assert metrics["loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
+    assert metrics["bits_per_token"] == pytest.approx(metrics["loss"] / math.log(2))
