@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,6 +212,11 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         task.save_artifacts(run_dir)
     context.barrier()
+    if context.is_main and trainer.progress:
+        parameters = sum(p.numel() for p in model.parameters())
+        action = "resuming" if resume else "training"
+        print(f"seqlab: {action} {config.recipe or config.task} ({config.task}, {parameters:,} parameters) "
+              f"on {context.device} x{context.world_size} into {run_dir}", file=sys.stderr, flush=True)
 
     try:
         result = fit(task, model, trainer, run_dir, context, resume=resume,
