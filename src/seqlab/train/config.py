@@ -78,6 +78,8 @@ class TrainerConfig(StrictModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     max_time_minutes: float | None = Field(None, gt=0)
     progress: bool = True
+    # Gradient flow through time, gradient-norm history and gate plots (seqlab.viz.diagnostics).
+    diagnostics: bool = False
     num_threads: int | None = Field(None, ge=1)
 
 
