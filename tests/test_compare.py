@@ -6,8 +6,10 @@ import json
 import pytest
 
 from seqlab.compare import (
+    command_line,
     compare,
     parse_threshold,
+    parse_variant,
     resume_comparison,
     run_name,
     split_overrides,
@@ -120,3 +122,21 @@ def test_an_out_dir_holding_another_comparison_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="unknown config key"):
         compare("adding-lstm", TINY + ["model.cel=rnn,gru"], out_dir=tmp_path / "y")
     assert not (tmp_path / "y").exists()
+
+
+def test_variants_set_several_keys_and_the_command_line_prints_the_table(tmp_path, capsys):
+    assert parse_variant("irnn: model.cell=rnn model.init=identity") == (
+        "irnn", ["model.cell=rnn", "model.init=identity"])
+    with pytest.raises(ConfigError, match="NAME: key=value"):
+        parse_variant("no colon here")
+    out = tmp_path / "cmp"
+    code = command_line(["adding-lstm", *TINY, "--no-diagnostics", "--out", str(out),
+                         "--variant", "irnn: model.cell=rnn model.nonlinearity=relu model.init=identity",
+                         "--variant", "lstm: model.cell=lstm"])
+    assert code == 0
+    irnn = load_config(str(out / "runs" / "variant=irnn" / "config.yaml")).section("model")
+    assert (irnn.cell, irnn.nonlinearity, irnn.init) == ("rnn", "relu", "identity")
+    printed = capsys.readouterr().out
+    assert "| variant |" in printed and "| irnn |" in printed and "| lstm |" in printed
+    assert "--variant 'irnn: model.cell=rnn model.nonlinearity=relu model.init=identity'" in printed
+    assert not (out / "gradient_flow.png").exists()

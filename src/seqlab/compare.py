@@ -594,6 +594,10 @@ def command_line(args: list[str], console=None) -> int:
                         help="skip the gradient-flow and gate diagnostics of each run")
     parser.add_argument("--resume", metavar="DIR", help="continue an interrupted comparison")
     options = parser.parse_intermixed_args(args)
+    if console is None:
+        from rich.console import Console
+
+        console = Console(stderr=True)
     if options.resume:
         result = resume_comparison(options.resume, console=console)
     else:
