@@ -72,6 +72,15 @@ def test_lm_loss_and_attentions():
         model(torch.zeros(1, 65, dtype=torch.long))
 
 
+def test_lm_right_padding_leaves_real_positions_alone():
+    model = _lm()
+    ids = torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(13))
+    lengths = torch.tensor([7, 4])
+    batched = model(ids, lengths=lengths).logits
+    torch.testing.assert_close(batched[1, :4], model(ids[1:, :4]).logits[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batched[0], model(ids[:1]).logits[0], atol=1e-5, rtol=1e-5)
+
+
 def test_generation_past_max_length_slides_a_window():
     model = _lm()
     prompt = torch.randint(0, V, (2, 60), generator=torch.Generator().manual_seed(12))
