@@ -141,7 +141,8 @@ def _header_index(
     if missing:
         raise DataError(
             f"{_where(path, 1)}: no {role} {missing[0]!r} in the header; available columns: "
-            f"{names}. Rename the column or pass its name (data.text_column=... / data.label_column=... in a seqlab config)"
+            f"{names}. Rename the column or pass its name (data.text_column=... / "
+            "data.label_column=... in a seqlab config)"
         )
     return [names.index(name) for name in wanted]
 
