@@ -23,8 +23,10 @@ from torch import nn
 import seqlab.nn as snn
 
 SIZES = {
-    "L=100 N=32 H_in=128 H=256": dict(length=100, batch=32, input_size=128, hidden_size=256),
-    "L=1000 N=8 H_in=128 H=128": dict(length=1000, batch=8, input_size=128, hidden_size=128),
+    "L=100 N=32 H_in=128 H=256": {"length": 100, "batch": 32, "input_size": 128,
+                                   "hidden_size": 256},
+    "L=1000 N=8 H_in=128 H=128": {"length": 1000, "batch": 8, "input_size": 128,
+                                   "hidden_size": 128},
 }
 
 # (row name, seqlab constructor, peer constructor); peers are torch.nn layers.
@@ -115,12 +117,13 @@ def measure(size: dict, device: torch.device, repeats: int, warmup: int) -> list
 
 
 def markdown(results: dict, device: str, repeats: int) -> str:
-    lines = [f"Device: {device}; torch {torch.__version__}; median of {repeats} interleaved "
-             "repeats; ratio = seqlab time / peer time (lower is better).", ""]
+    intro = (f"Device: {device}; torch {torch.__version__}; median of {repeats} interleaved "
+             "repeats; ratio = seqlab time / peer time (lower is better).")
+    lines = [intro, ""]
     for size, rows in results.items():
-        lines += [f"**{size}**", "",
-                  "| layer | peer (torch.nn) | forward ms | forward ratio | fwd+bwd ms | fwd+bwd ratio |",
-                  "|---|---|---:|---:|---:|---:|"]
+        header = ("| layer | peer (torch.nn) | forward ms | forward ratio | fwd+bwd ms "
+                  "| fwd+bwd ratio |")
+        lines += [f"**{size}**", "", header, "|---|---|---:|---:|---:|---:|"]
         for row in rows:
             lines.append(f"| {row['name']} | {row['peer']} | {row['forward_ms']:.2f} | "
                          f"{row['forward_ratio']:.2f} | {row['train_ms']:.2f} | "

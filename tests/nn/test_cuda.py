@@ -24,7 +24,7 @@ def test_plain_layers_match_cudnn_without_copying_weights(mode, bidirectional):
     x = torch.randn(9, 4, 6, device="cuda", requires_grad=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the weights must already be one contiguous chunk
-        output, state = ours(x)
+        output, _ = ours(x)
     expected, _ = reference(x)
     torch.testing.assert_close(output, expected, atol=1e-5, rtol=1e-4)
     packed = nn.utils.rnn.pack_padded_sequence(x, LENGTHS, enforce_sorted=False)

@@ -38,7 +38,8 @@ def torch_and_ours(mode, fused, **options):
 
 
 PLAIN = [
-    dict(mode=mode, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first)
+    {"mode": mode, "num_layers": layers, "bidirectional": bidirectional,
+     "batch_first": batch_first}
     for mode, layers, bidirectional, batch_first in itertools.product(
         ["RNN", "LSTM", "GRU"], [1, 2], [False, True], [False, True])
 ]

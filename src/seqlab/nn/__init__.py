@@ -16,9 +16,25 @@ from seqlab.nn.transformer import (
     TransformerEncoderLayer,
 )
 
-__all__ = ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU",
-           "AdditiveAttention", "DotAttention", "GeneralAttention", "masked_softmax",
-           "MultiheadAttention", "causal_mask", "scaled_dot_product_attention",
-           "LearnedPositionalEmbedding", "RotaryEmbedding", "SinusoidalPositionalEncoding",
-           "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder",
-           "TransformerEncoderLayer"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "AdditiveAttention",
+    "DotAttention",
+    "GRUCell",
+    "GeneralAttention",
+    "LSTMCell",
+    "LearnedPositionalEmbedding",
+    "MultiheadAttention",
+    "RNNCell",
+    "RotaryEmbedding",
+    "SinusoidalPositionalEncoding",
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
+    "causal_mask",
+    "masked_softmax",
+    "scaled_dot_product_attention",
+]

@@ -38,12 +38,18 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch import Tensor, _VF, nn
+from torch import _VF, Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from seqlab.nn.cells import (INITS, NONLINEARITIES, check_choice, check_size, num_gates,
-                             reset_recurrent_parameters)
+from seqlab.nn.cells import (
+    INITS,
+    NONLINEARITIES,
+    check_choice,
+    check_size,
+    num_gates,
+    reset_recurrent_parameters,
+)
 from seqlab.nn.scan import scan
 
 MERGE_MODES = ("concat", "sum", "mean", "max")
