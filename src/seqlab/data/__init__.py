@@ -1,6 +1,12 @@
 """seqlab.data: tokenizers, file readers, padding and batching, generated tasks."""
 
 from seqlab.data.batching import batches, bucket_batches, pad_sequences, padding_mask
+from seqlab.data.images import (
+    ImageCaptions,
+    coloured_shapes,
+    load_image,
+    read_image_captions,
+)
 from seqlab.data.readers import (
     DataError,
     iter_labelled,
@@ -29,12 +35,14 @@ __all__ = [
     "ADDING_HS97_TOLERANCE",
     "SPECIAL_TOKENS",
     "DataError",
+    "ImageCaptions",
     "LabelVocab",
     "Tokenizer",
     "adding_problem",
     "adding_problem_hs97",
     "batches",
     "bucket_batches",
+    "coloured_shapes",
     "copy_memory",
     "copy_memory_baseline",
     "dates",
@@ -42,10 +50,12 @@ __all__ = [
     "fill_in_the_blank",
     "iter_labelled",
     "iter_parallel",
+    "load_image",
     "open_text",
     "pad_sequences",
     "padding_mask",
     "read_conll",
+    "read_image_captions",
     "read_labelled",
     "read_parallel",
     "read_series",

@@ -1,5 +1,6 @@
 """Task models assembled from seqlab.nn: classifier, tagger, language model, seq2seq, captioner."""
 
+from seqlab.models.captioner import Captioner, CaptionerOutput, ImageEncoder, ImageMemory
 from seqlab.models.classifier import SequenceClassifier
 from seqlab.models.hf import from_pretrained_hf
 from seqlab.models.language_model import LanguageModel, detach_state
@@ -17,7 +18,11 @@ from seqlab.models.transformer import (
 )
 
 __all__ = [
+    "Captioner",
+    "CaptionerOutput",
     "ClassifierOutput",
+    "ImageEncoder",
+    "ImageMemory",
     "LMOutput",
     "LanguageModel",
     "Seq2Seq",

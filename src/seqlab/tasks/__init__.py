@@ -31,6 +31,7 @@ _MODULES = [
     "seqlab.tasks.forecast",
     "seqlab.tasks.translate",
     "seqlab.tasks.fill_blank",
+    "seqlab.tasks.caption",
 ]
 
 _REGISTRY: dict[str, type[Task]] = {}
