@@ -4,6 +4,8 @@
     seqlab train RECIPE|FILE.yaml [key.sub=value ...] [--run-dir DIR] [--resume RUN_DIR]
     seqlab eval RUN_DIR [data.test=PATH ...]
     seqlab predict RUN_DIR [TEXT ...]          (reads lines from stdin when no TEXT is given)
+    seqlab compare RECIPE|FILE.yaml [key=v1,v2,... ...] [--variant 'NAME: key=v ...'] [--seeds N]
+                   [--threshold 'METRIC<VALUE'] [--out DIR] [--resume DIR]
 
 Exit status: 0 on success, 2 for usage / config / data / run-directory errors (one line on
 stderr, no traceback), 1 when training stops on a non-finite loss, 130 when interrupted.
@@ -134,7 +136,14 @@ def _cmd_predict(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict}
+def _cmd_compare(args: list[str]) -> int:
+    from seqlab.compare import command_line
+
+    return command_line(args)
+
+
+COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict,
+            "compare": _cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -598,14 +598,21 @@ def command_line(args: list[str], console=None) -> int:
         from rich.console import Console
 
         console = Console(stderr=True)
-    if options.resume:
-        result = resume_comparison(options.resume, console=console)
-    else:
-        if not options.source:
-            parser.error("give a recipe name or a FILE.yaml (see `seqlab recipes`)")
-        result = compare(options.source, options.overrides, seeds=options.seeds, threshold=options.threshold,
-                         out_dir=options.out, diagnostics=not options.no_diagnostics, console=console,
-                         variants=options.variant)
+    if not options.resume and not options.source:
+        parser.error("give a recipe name or a FILE.yaml (see `seqlab recipes`)")
+    out_dir = Path(options.resume or options.out or _default_out_dir(options.source))
+    try:
+        if options.resume:
+            result = resume_comparison(out_dir, console=console)
+        else:
+            result = compare(options.source, options.overrides, seeds=options.seeds,
+                             threshold=options.threshold, out_dir=out_dir,
+                             diagnostics=not options.no_diagnostics, console=console,
+                             variants=options.variant)
+    except KeyboardInterrupt:
+        # The run that was training kept its last checkpoint; --resume picks the grid up there.
+        console.print(f"seqlab: interrupted; continue with `seqlab compare --resume {out_dir}`", highlight=False)
+        raise KeyboardInterrupt from None
     print((result.out_dir / "table.md").read_text(encoding="utf-8"))
     print(f"comparison directory: {result.out_dir} ({', '.join(p.name for p in result.files)})")
     return 0
