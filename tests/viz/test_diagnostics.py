@@ -122,3 +122,29 @@ def test_plots_are_written(tmp_path):
              plot_gate_activity(diagnostics.gates, tmp_path / "b.png"),
              plot_grad_norm_history(records, tmp_path / "c.png", clip_grad_norm=1.0)]
     assert all(p.is_file() and p.stat().st_size > 1000 for p in paths)
+
+
+TINY_ADDING = ["data.length=6", "data.train_size=32", "data.valid_size=8", "data.test_size=8",
+               "model.hidden_size=3", "trainer.epochs=1", "trainer.batch_size=8", "trainer.log_every=1",
+               "trainer.progress=false", "trainer.clip_grad_norm=0.5"]
+
+
+def test_a_run_with_diagnostics_trains_exactly_like_one_without(tmp_path):
+    from seqlab.train.config import load_config
+    from seqlab.train.reporting import read_metrics
+    from seqlab.train.run import train
+
+    runs = {}
+    for flag in ("false", "true"):
+        config = load_config("adding-lstm", TINY_ADDING + [f"trainer.diagnostics={flag}"])
+        runs[flag] = train(config, tmp_path / flag)
+    plain, diagnosed = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("false", "true"))
+    strip = [[{k: v for k, v in r.items() if k != "elapsed"} for r in records] for records in (plain, diagnosed)]
+    assert strip[0] == strip[1]
+    stages = json.loads((tmp_path / "true" / "diagnostics.json").read_text())
+    assert set(stages) == {"init", "final"}
+    assert len(stages["final"]["gradient_norms"]["layer 0"]) == 6
+    assert set(stages["final"]["gates"]["layer 0"]) == {"i", "f", "g", "o"}
+    for name in ("gradient_flow.png", "gates.png", "grad_norm.png"):
+        assert (tmp_path / "true" / "plots" / name).is_file()
+        assert not (tmp_path / "false" / "plots" / name).exists()

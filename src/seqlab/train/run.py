@@ -218,6 +218,11 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
         print(f"seqlab: {action} {config.recipe or config.task} ({config.task}, {parameters:,} parameters) "
               f"on {context.device} x{context.world_size} into {run_dir}", file=sys.stderr, flush=True)
 
+    if trainer.diagnostics and context.is_main and not resume:
+        from seqlab.viz.diagnostics import write_run_diagnostics
+
+        write_run_diagnostics(run_dir, "init", task, model, next(model.parameters()).device,
+                              trainer.batch_size, trainer.clip_grad_norm)
     try:
         result = fit(task, model, trainer, run_dir, context, resume=resume,
                      stop_after_step=stop_after_step, console=console)
@@ -241,6 +246,11 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
     from seqlab.viz import plot_metrics
 
     plots = plot_metrics(read_metrics(run_dir / "metrics.jsonl"), run_dir / "plots")
+    if trainer.diagnostics:
+        from seqlab.viz.diagnostics import write_run_diagnostics
+
+        plots += write_run_diagnostics(run_dir, "final", task, model, device, trainer.batch_size,
+                                       trainer.clip_grad_norm)
     return RunResult(run_dir, summary, result, task.report(model, device), plots)
 
 
