@@ -17,6 +17,7 @@ lengths (N,).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -124,5 +125,6 @@ class FillBlankTask(TensorTask):
         return lines
 
     def report(self, model, device):
-        return [f"chance: accuracy {1 / len(self.labels):.3f}, loss {torch.log(torch.tensor(float(len(self.labels)))):.3f}"
-                " (what a left-to-right model can do at the blank)"]
+        classes = len(self.labels)
+        return [f"chance: accuracy {1 / classes:.3f}, loss {math.log(classes):.3f} "
+                "(what a left-to-right model can do at the blank)"]

@@ -33,8 +33,8 @@ __all__ = [
     "collect_diagnostics",
     "diagnose_task",
     "plot_gate_activity",
-    "plot_gradient_flow",
     "plot_grad_norm_history",
+    "plot_gradient_flow",
     "recurrent_layers",
     "write_run_diagnostics",
 ]
