@@ -126,5 +126,6 @@ class FillBlankTask(TensorTask):
 
     def report(self, model, device):
         classes = len(self.labels)
-        return [f"chance: accuracy {1 / classes:.3f}, loss {math.log(classes):.3f} "
-                "(what a left-to-right model can do at the blank)"]
+        line = (f"chance: accuracy {1 / classes:.3f}, loss {math.log(classes):.3f} "
+                "(what a left-to-right model can do at the blank)")
+        return [line]
