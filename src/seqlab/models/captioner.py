@@ -95,8 +95,21 @@ class ImageEncoder(nn.Module):
         self.output_size = channels[-1]
         regions = self.grid_size**2
         self.position = nn.Parameter(torch.zeros(regions, self.output_size))
-        nn.init.normal_(self.position, std=0.02)
         self.fc = nn.Linear(regions * self.output_size, self.output_size)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He et al. (2015) initialisation of the ReLU layers, zero biases.
+
+        torch's default conv / linear scale shrinks the signal at every ReLU layer, so on mostly
+        black images the decoder first sees an almost constant image vector; He initialisation
+        keeps the scale, and the generated captions are learned several times faster.
+        """
+        for module in [*self.convs, self.fc]:
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.position, std=0.02)
 
     @property
     def num_regions(self) -> int:
