@@ -29,7 +29,27 @@ def write_conll(path, sentences=12):
     return path
 
 
+def write_parallel(path, rows=16):
+    words = ["a", "b", "c", "d"]
+    lines = [" ".join(words[(i + j) % 4] for j in range(3)) for i in range(rows)]
+    path.write_text("".join(f"{line}\t{' '.join(reversed(line.split()))}\n" for line in lines))
+    return path
+
+
+TINY_TRANSFORMER = ["model.d_model=8", "model.nhead=2", "model.num_layers=1",
+                    "model.dim_feedforward=16"]
+
+
 def recipe_overrides(name, tmp_path):
+    if name == "gpt-charlm":
+        return TINY_TRANSFORMER + ["data.max_chars=2000", "data.bptt=8", "model.max_length=16",
+                                   "predict.num_samples=1", "predict.max_new_tokens=5"]
+    if name == "bert-classify":
+        return TINY_TRANSFORMER + [f"data.train={write_classification(tmp_path / 'train.csv')}",
+                                   "data.max_length=16", "model.max_length=16"]
+    if name == "translate-transformer":
+        return TINY_TRANSFORMER + [f"data.train={write_parallel(tmp_path / 'train.tsv')}",
+                                   "data.min_frequency=1", "predict.beam_size=2"]
     small = ["model.hidden_size=4"]
     if name == "classify-bilstm":
         return small + [f"data.train={write_classification(tmp_path / 'train.csv')}", "model.embedding_dim=4"]
@@ -53,6 +73,9 @@ PREDICT_INPUTS = {
     "copy-lstm": ["1 2 3 4 5 6 7 8 1 2"],
     "digits-gru": [" ".join(["0.5"] * 64)],
     "forecast-gru": ["0.1 0.2 0.3"],
+    "gpt-charlm": ["The "],
+    "bert-classify": ["the film was good"],
+    "translate-transformer": ["a b c"],
 }
 
 

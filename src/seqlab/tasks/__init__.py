@@ -30,6 +30,7 @@ _MODULES = [
     "seqlab.tasks.digits",
     "seqlab.tasks.forecast",
     "seqlab.tasks.translate",
+    "seqlab.tasks.transformer",
     "seqlab.tasks.fill_blank",
     "seqlab.tasks.caption",
 ]

@@ -1,0 +1,121 @@
+"""Transformer models for the language-model, classification and translation tasks.
+
+The data, metrics and predictions are those of `lm`, `classify` and `translate`; only the model
+differs: a GPT-style decoder (:class:`~seqlab.models.TransformerLM`), a Transformer encoder with a
+pooled head (:class:`~seqlab.models.TransformerClassifier`) and the encoder-decoder of Vaswani et
+al. (:class:`~seqlab.models.TransformerSeq2Seq`), configured by the `model.*` keys below.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from seqlab.tasks import register_task
+from seqlab.tasks.classify import ClassifyTask
+from seqlab.tasks.language_model import LanguageModelTask
+from seqlab.tasks.translate import TranslateTask
+from seqlab.train.config import StrictModel
+
+__all__ = ["TransformerClassifyTask", "TransformerLMTask", "TransformerTranslateTask"]
+
+
+class TransformerModel(StrictModel):
+    """The sizes every Transformer task shares (`model.*` keys)."""
+
+    d_model: int = Field(128, ge=1)
+    nhead: int = Field(4, ge=1)
+    num_layers: int = Field(4, ge=1)
+    dim_feedforward: int | None = Field(None, ge=1)
+    dropout: float = Field(0.1, ge=0, le=1)
+    activation: Literal["relu", "gelu", "gelu_tanh"] = "gelu"
+    positional: Literal["learned", "sinusoidal", "rotary"] = "learned"
+    max_length: int = Field(512, ge=1)
+
+
+class GPTModel(TransformerModel):
+    activation: Literal["relu", "gelu", "gelu_tanh"] = "gelu_tanh"
+    tie_weights: bool = True
+
+
+class EncoderClassifierModel(TransformerModel):
+    norm_first: bool = True
+    pooling: Literal["cls", "mean"] = "mean"
+
+
+class TranslateTransformerModel(TransformerModel):
+    num_layers: int = Field(3, ge=1)
+    num_decoder_layers: int | None = Field(None, ge=1)
+    activation: Literal["relu", "gelu", "gelu_tanh"] = "relu"
+    positional: Literal["learned", "sinusoidal", "rotary"] = "sinusoidal"
+    norm_first: bool = True
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    max_source_length: int | None = Field(None, ge=1)
+
+
+@register_task
+class TransformerLMTask(LanguageModelTask):
+    name = "lm-transformer"
+    summary = "decoder-only Transformer language model (GPT layout) on plain text"
+    ModelConfig = GPTModel
+
+    def build_model(self) -> torch.nn.Module:
+        from seqlab.models import TransformerLM
+
+        m = self.model_config
+        if m.max_length < self.data.bptt:
+            raise ValueError(
+                f"model.max_length={m.max_length} must be at least data.bptt={self.data.bptt}"
+            )
+        return TransformerLM(
+            self.tokenizer.vocab_size, d_model=m.d_model, nhead=m.nhead, num_layers=m.num_layers,
+            dim_feedforward=m.dim_feedforward, dropout=m.dropout, activation=m.activation,
+            positional=m.positional, max_length=m.max_length, tie_weights=m.tie_weights,
+        )
+
+
+@register_task
+class TransformerClassifyTask(ClassifyTask):
+    name = "classify-transformer"
+    summary = "text classification with a Transformer encoder"
+    ModelConfig = EncoderClassifierModel
+
+    def build_model(self) -> torch.nn.Module:
+        from seqlab.models import TransformerClassifier, TransformerEncoderModel
+
+        m = self.model_config
+        if self.data.max_length is None or self.data.max_length > m.max_length:
+            raise ValueError(
+                f"data.max_length={self.data.max_length} must be set and at most "
+                f"model.max_length={m.max_length} (the positions the encoder has)"
+            )
+        encoder = TransformerEncoderModel(
+            self.tokenizer.vocab_size, d_model=m.d_model, nhead=m.nhead, num_layers=m.num_layers,
+            dim_feedforward=m.dim_feedforward, dropout=m.dropout, activation=m.activation,
+            norm_first=m.norm_first, positional=m.positional, max_length=m.max_length,
+            padding_idx=self.tokenizer.pad_id,
+        )
+        return TransformerClassifier(encoder, len(self.labels), pooling=m.pooling, dropout=m.dropout)
+
+
+@register_task
+class TransformerTranslateTask(TranslateTask):
+    name = "translate-transformer"
+    summary = "sequence to sequence with a Transformer encoder-decoder"
+    ModelConfig = TranslateTransformerModel
+
+    def build_model(self) -> torch.nn.Module:
+        from seqlab.models import TransformerSeq2Seq
+
+        m = self.model_config
+        vocab = self.tokenizer.vocab_size  # one tokenizer for both sides: share the embeddings
+        return TransformerSeq2Seq(
+            vocab, vocab, d_model=m.d_model, nhead=m.nhead, num_encoder_layers=m.num_layers,
+            num_decoder_layers=m.num_decoder_layers or m.num_layers,
+            dim_feedforward=m.dim_feedforward, dropout=m.dropout, activation=m.activation,
+            norm_first=m.norm_first, positional=m.positional, max_length=m.max_length,
+            share_embeddings=True, label_smoothing=m.label_smoothing,
+            pad_id=self.tokenizer.pad_id,
+        )
