@@ -76,7 +76,9 @@ class ImageEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if not channels or any(c < 1 for c in channels):
-            raise ValueError(f"channels should be a non-empty list of positive sizes, got {channels}")
+            raise ValueError(
+                f"channels should be a non-empty list of positive sizes, got {channels}"
+            )
         blocks = len(channels)
         if image_size < 2**blocks or image_size % 2**blocks:
             raise ValueError(

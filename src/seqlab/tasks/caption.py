@@ -200,7 +200,9 @@ class CaptionTask(Task):
         from seqlab.data.batching import pad_sequences
 
         index = torch.tensor([image for image, _ in examples], dtype=torch.long)
-        tgt, _ = pad_sequences([caption for _, caption in examples], pad_value=self.tokenizer.pad_id)
+        tgt, _ = pad_sequences(
+            [caption for _, caption in examples], pad_value=self.tokenizer.pad_id
+        )
         return {"images": self.images[split][index], "tgt": tgt}
 
     def collate(self, key):
@@ -270,7 +272,9 @@ class CaptionTask(Task):
         arrays = np.stack(
             [load_image(path.strip(), size, where=f"input {n}") for n, path in enumerate(inputs, 1)]
         )  # (N, P, P, 3)
-        return self._decode(model, images_to_tensor(arrays).to(device), self.predict_config.beam_size)
+        return self._decode(
+            model, images_to_tensor(arrays).to(device), self.predict_config.beam_size
+        )
 
     def report(self, model, device):
         count = self.predict_config.num_examples
