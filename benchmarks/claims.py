@@ -38,6 +38,9 @@ CLAIMS: dict[str, list[str]] = {
                    "--threshold", "mse<0.01", *CELLS],
     "adding-200": ["adding-lstm", "data.length=200", "trainer.max_time_minutes=6", *SMALL_CPU,
                    "--threshold", "mse<0.01", *CELLS],
+    # The LSTM of adding-200 met its 6-minute budget on the plateau; the same run with twice the time.
+    "adding-200-lstm-12min": ["adding-lstm", "data.length=200", "trainer.max_time_minutes=12", *SMALL_CPU,
+                              "--threshold", "mse<0.01", "--variant", "lstm: model.cell=lstm"],
     "adding-hs97": ["adding-hs97-lstm", *SMALL_CPU, "--threshold", "accuracy>0.99",
                     "--variant", "lstm: model.cell=lstm", "--variant", "rnn: model.cell=rnn"],
     "copy": ["copy-lstm", "data.length=100", "model.hidden_size=128", "trainer.max_time_minutes=4",
@@ -52,7 +55,7 @@ CLAIMS: dict[str, list[str]] = {
                    "--variant", "bi-sum: model.merge_mode=sum",
                    "--variant", "bi-mean: model.merge_mode=mean",
                    "--variant", "bi-max: model.merge_mode=max"],
-    "charlm": ["charlm-shakespeare-lstm", f"data.train={SHAKESPEARE}"],
+    "charlm": ["charlm-shakespeare-lstm", f"data.train={SHAKESPEARE}", *SMALL_CPU],
 }
 
 

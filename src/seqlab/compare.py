@@ -460,7 +460,9 @@ def write_report(spec: ComparisonSpec, rows: list[RunRow], out_dir: str | Path, 
     header, body = _table(spec, rows)
     named = " ".join(f"--variant '{name}: {' '.join(values)}'" for name, values in spec.variants.items())
     grid = " ".join(f"{key}={','.join(values)}" for key, values in spec.axes if key != VARIANT)
-    title = " ".join(part for part in ("seqlab compare", spec.source, grid, " ".join(spec.fixed), named) if part)
+    threshold = f"--threshold '{spec.threshold}'" if spec.threshold else ""
+    title = " ".join(part for part in ("seqlab compare", spec.source, grid, " ".join(spec.fixed), named,
+                                       threshold) if part)
     text = f"# {title}\n\n" + _markdown(header, body)
     seeds = _seed_summary(spec, rows)
     if seeds:
