@@ -37,16 +37,27 @@ def test_captions_match_the_drawn_shapes():
             assert _is(image, x, y, colour)
             side = {"left": x < 16, "right": x > 16, "top": y < 16, "bottom": y > 16}
             assert side[placed.position]
-            # Probe pixels that tell the three kinds apart.
+            # Probe pixels that tell the three kinds apart (edges are anti-aliased, so the
+            # probes sit one pixel inside the outline where a shape covers them whole).
+            inner = r - 1
+            corners = [(x + dx, y + dy) for dx in (-inner, inner) for dy in (-inner, inner)]
             if placed.shape == "square":
-                assert all(_is(image, x + dx, y + dy, colour) for dx in (-r, r) for dy in (-r, r))
+                assert all(_is(image, cx, cy, colour) for cx, cy in corners)
             elif placed.shape == "circle":
-                assert _is(image, x + r, y, colour) and _is(image, x, y - r, colour)
-                assert not any(_is(image, x + dx, y + dy, colour) for dx in (-r, r) for dy in (-r, r))
+                assert _is(image, x + inner, y, colour) and _is(image, x, y - inner, colour)
+                assert not any(_is(image, cx, cy, colour) for cx, cy in corners)
             else:  # triangle, apex up
-                assert _is(image, x, y - r, colour)
-                assert _is(image, x - r, y + r, colour) and _is(image, x + r, y + r, colour)
-                assert not _is(image, x - r, y - r, colour) and not _is(image, x + r, y - r, colour)
+                assert _is(image, x, y - r + 2, colour)
+                assert _is(image, x - r + 2, y + inner, colour)
+                assert _is(image, x + r - 2, y + inner, colour)
+                assert not _is(image, x - inner, y - inner, colour)
+                assert not _is(image, x + inner, y - inner, colour)
+            # Every pixel of the shape is its colour scaled by coverage: off channels stay 0.
+            box = image[y - r : y + r + 1, x - r : x + r + 1].reshape(-1, 3)
+            off = [c for c in range(3) if COLOURS[colour][c] == 0]
+            assert box[:, off].max(initial=0) == 0
+            partial = (box.max(-1) > 0) & (box.max(-1) < 255)
+            assert partial.any()  # anti-aliased edge
         # Everything outside the shapes is black background.
         covered = np.zeros((32, 32), dtype=bool)
         for placed in scene:

@@ -171,7 +171,7 @@ def test_tiny_model_learns_generated_captions(one_thread):
         tokenizer.vocab_size, image_size=32, channels=(16, 32, 32), embedding_dim=16, hidden_size=64,
         attention="bahdanau", pad_id=tokenizer.pad_id,
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(0)
     for _ in range(200):
         index = torch.randint(0, len(train), (32,), generator=generator)

@@ -92,10 +92,12 @@ def _nominal_centre(position: str, image_size: int) -> tuple[int, int]:
     }[position]
 
 
-def _mask(shape: str, centre: tuple[int, int], radius: int, image_size: int) -> np.ndarray:
-    """(H, W) bool: the pixels the shape covers."""
-    ys, xs = np.mgrid[0:image_size, 0:image_size]  # (H, W) each
-    dx, dy = xs - centre[0], ys - centre[1]
+# Samples per pixel side: edges are anti-aliased like a resized photo, not stair-stepped.
+_SUPERSAMPLE = 4
+
+
+def _inside(shape: str, dx: np.ndarray, dy: np.ndarray, radius: int) -> np.ndarray:
+    """Whether points at offsets (dx, dy) from the centre lie in the shape."""
     if shape == "circle":
         return dx * dx + dy * dy <= radius * radius
     if shape == "square":
@@ -106,9 +108,35 @@ def _mask(shape: str, centre: tuple[int, int], radius: int, image_size: int) -> 
     return (dy <= radius) & (below_apex >= 0) & (2 * np.abs(dx) <= below_apex)
 
 
+def _coverage(
+    shape: str, centre: tuple[int, int], radius: int, image_size: int
+) -> tuple[slice, slice, np.ndarray]:
+    """Fraction of each pixel the shape covers, from a grid of sub-pixel samples.
+
+    Only the shape's bounding box is sampled: returns its (rows, columns) slices and the
+    (h, w) coverage inside it.
+    """
+    samples = _SUPERSAMPLE
+    x, y = centre
+    rows = slice(max(0, y - radius - 1), min(image_size, y + radius + 2))
+    columns = slice(max(0, x - radius - 1), min(image_size, x + radius + 2))
+    height, width = rows.stop - rows.start, columns.stop - columns.start
+
+    def offsets(first: int, count: int) -> np.ndarray:
+        return first + (np.arange(count * samples) + 0.5) / samples - 0.5  # in pixel units
+
+    ys, xs = np.meshgrid(offsets(rows.start, height), offsets(columns.start, width), indexing="ij")
+    inside = _inside(shape, xs - x, ys - y, radius)  # (h * s, w * s)
+    per_pixel = inside.reshape(height, samples, width, samples)  # (h, s, w, s)
+    return rows, columns, per_pixel.mean(axis=(1, 3))  # (h, w)
+
+
 def _draw(image: np.ndarray, placed: PlacedShape) -> None:
-    mask = _mask(placed.shape, placed.centre, placed.radius, image.shape[0])
-    image[mask] = COLOURS[placed.colour]
+    rows, columns, coverage = _coverage(placed.shape, placed.centre, placed.radius, image.shape[0])
+    colour = np.array(COLOURS[placed.colour], dtype=np.float64)
+    painted = np.rint(coverage[..., None] * colour).astype(np.uint8)  # (h, w, 3)
+    # Shapes never overlap and the background is black, so the brighter value is the shape's.
+    np.maximum(image[rows, columns], painted, out=image[rows, columns])
 
 
 @dataclass
@@ -140,7 +168,9 @@ def coloured_shapes(
     Shape, colour and position are uniform; with two shapes the sides are left / right or top /
     bottom with equal chance. Each shape's radius is drawn from [image_size/8, image_size/6]
     and its centre jitters by up to image_size/32 pixels around its quarter's centre, so shapes
-    never touch. The same (size, image_size, max_shapes, seed) always gives the same data.
+    never touch. Edges are anti-aliased (each pixel holds the colour times the fraction of it
+    the shape covers), so the pictures look like resized drawings; pixels wholly inside a shape
+    have its pure colour. The same (size, image_size, max_shapes, seed) always gives the same data.
     """
     if size < 1:
         raise ValueError(f"size should be a positive integer, got {size}")
