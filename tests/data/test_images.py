@@ -62,7 +62,9 @@ def test_captions_match_the_drawn_shapes():
         covered = np.zeros((32, 32), dtype=bool)
         for placed in scene:
             x, y = placed.centre
-            covered[y - placed.radius : y + placed.radius + 1, x - placed.radius : x + placed.radius + 1] = True
+            covered[
+                y - placed.radius : y + placed.radius + 1, x - placed.radius : x + placed.radius + 1
+            ] = True
         assert image[~covered].max() == 0
         if len(scene) == 2:
             # Canonical order: left before right, top before bottom.
@@ -73,10 +75,15 @@ def test_captions_match_the_drawn_shapes():
 
 def test_one_shape_only():
     data = coloured_shapes(30, max_shapes=1, seed=1)
-    assert all(len(scene) == 1 and " and " not in caps[0] for scene, caps in zip(data.shapes, data.captions))
+    assert all(
+        len(scene) == 1 and " and " not in caps[0]
+        for scene, caps in zip(data.shapes, data.captions)
+    )
 
 
-@pytest.mark.parametrize("bad", [{"size": 0}, {"size": 2, "image_size": 8}, {"size": 2, "max_shapes": 3}])
+@pytest.mark.parametrize(
+    "bad", [{"size": 0}, {"size": 2, "image_size": 8}, {"size": 2, "max_shapes": 3}]
+)
 def test_bad_generator_arguments(bad):
     with pytest.raises(ValueError):
         coloured_shapes(**bad)
@@ -112,7 +119,10 @@ def test_reader_default_folder_is_the_captions_files_own(tmp_path):
 @pytest.mark.parametrize(
     "lines, message",
     [
-        ("a.png\tgreen\nmissing.png\tnothing here\n", r"captions.tsv, line 2: image .*missing.png does not exist"),
+        (
+            "a.png\tgreen\nmissing.png\tnothing here\n",
+            r"captions.tsv, line 2: image .*missing.png does not exist",
+        ),
         ("a.png\tgreen\na.png\t   \n", r"captions.tsv, line 2: empty caption for image 'a.png'"),
         ("bad.png\tbroken\n", r"captions.tsv, line 1: cannot read image .*bad.png"),
         ("a.png green\n", r"captions.tsv, line 1: expected 'filename<TAB>caption'"),

@@ -15,7 +15,13 @@ V = 11
 
 def _model(seed=0, **options):
     torch.manual_seed(seed)
-    options = {"image_size": 16, "channels": (4, 6), "embedding_dim": 5, "hidden_size": 6, **options}
+    options = {
+        "image_size": 16,
+        "channels": (4, 6),
+        "embedding_dim": 5,
+        "hidden_size": 6,
+        **options,
+    }
     return Captioner(V, **options).eval()
 
 
@@ -44,7 +50,9 @@ def test_encoder_equals_the_convolutions_written_out():
         for column in range(4):
             r = row * 4 + column
             torch.testing.assert_close(regions[:, r], x[:, :, row, column] + encoder.position[r])
-    torch.testing.assert_close(vector, torch.relu(x.reshape(2, -1) @ encoder.fc.weight.T + encoder.fc.bias))
+    fc = x.reshape(2, -1) @ encoder.fc.weight.T + encoder.fc.bias  # (N, C)
+    mean, var = fc.mean(-1, keepdim=True), fc.var(-1, unbiased=False, keepdim=True)
+    torch.testing.assert_close(vector, (fc - mean) / torch.sqrt(var + 1e-5))
 
 
 def test_first_state_is_tanh_of_the_projected_image_vector():
@@ -81,11 +89,15 @@ def test_teacher_forced_logits_equal_step_by_step(options):
             step_log_probs, state, weights = model.step(tgt[:, t], state, memory)
             log_probs.append(step_log_probs)
             attentions.append(weights)
-    torch.testing.assert_close(output.logits.log_softmax(-1), torch.stack(log_probs, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        output.logits.log_softmax(-1), torch.stack(log_probs, 1), rtol=1e-5, atol=1e-5
+    )
     if options["attention"] == "none":
         assert output.attentions is None and attentions[0] is None
     else:
-        torch.testing.assert_close(output.attentions, torch.stack(attentions, 1), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            output.attentions, torch.stack(attentions, 1), rtol=1e-5, atol=1e-6
+        )
     # The loss is the mean cross-entropy over real (non-padding) target tokens.
     targets = tgt[:, 1:]
     real = targets != PAD
@@ -109,7 +121,9 @@ def test_beam_of_one_equals_greedy_and_beams_stay_apart():
     images, _ = _batch()
     placeholder = torch.ones(3, dtype=torch.long)
     greedy = greedy_decode(model, images, placeholder, BOS, EOS, max_length=7)
-    beam = beam_search(model, images, placeholder, BOS, EOS, beam_size=1, length_penalty=0.0, max_length=7)
+    beam = beam_search(
+        model, images, placeholder, BOS, EOS, beam_size=1, length_penalty=0.0, max_length=7
+    )
     for (tokens, score), nbest in zip(greedy, beam):
         assert nbest[0][0] == tokens
         assert nbest[0][1] == pytest.approx(score, abs=1e-5)
@@ -168,8 +182,13 @@ def test_tiny_model_learns_generated_captions(one_thread):
     images, tgt = tensors(train)
     torch.manual_seed(0)
     model = Captioner(
-        tokenizer.vocab_size, image_size=32, channels=(16, 32, 32), embedding_dim=16, hidden_size=64,
-        attention="bahdanau", pad_id=tokenizer.pad_id,
+        tokenizer.vocab_size,
+        image_size=32,
+        channels=(16, 32, 32),
+        embedding_dim=16,
+        hidden_size=64,
+        attention="bahdanau",
+        pad_id=tokenizer.pad_id,
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     generator = torch.Generator().manual_seed(0)
@@ -183,6 +202,10 @@ def test_tiny_model_learns_generated_captions(one_thread):
     model.eval()
     test_images, _ = tensors(test)
     placeholder = torch.ones(len(test), dtype=torch.long)
-    decoded = greedy_decode(model, test_images, placeholder, tokenizer.bos_id, tokenizer.eos_id, max_length=10)
-    hits = sum(tokenizer.decode(tokens) == caps[0] for (tokens, _), caps in zip(decoded, test.captions))
+    decoded = greedy_decode(
+        model, test_images, placeholder, tokenizer.bos_id, tokenizer.eos_id, max_length=10
+    )
+    hits = sum(
+        tokenizer.decode(tokens) == caps[0] for (tokens, _), caps in zip(decoded, test.captions)
+    )
     assert hits / len(test) >= 0.9

@@ -13,11 +13,22 @@ from seqlab.train.config import ConfigError, load_config
 from seqlab.train.run import build_task, evaluate_run, predict_run, train
 
 SMALL = [
-    "data.train_size=24", "data.valid_size=6", "data.test_size=5",
-    "model.channels=[4,4]", "model.hidden_size=6", "model.embedding_dim=4", "model.attention_size=5",
-    "predict.max_length=8", "predict.num_examples=2",
+    "data.train_size=24",
+    "data.valid_size=6",
+    "data.test_size=5",
+    "model.channels=[4,4]",
+    "model.hidden_size=6",
+    "model.embedding_dim=4",
+    "model.attention_size=5",
+    "predict.max_length=8",
+    "predict.num_examples=2",
 ]
-TRAINER = ["trainer.max_steps=2", "trainer.progress=false", "trainer.batch_size=4", "trainer.eval_batch_size=4"]
+TRAINER = [
+    "trainer.max_steps=2",
+    "trainer.progress=false",
+    "trainer.batch_size=4",
+    "trainer.eval_batch_size=4",
+]
 
 
 def _write_png(path, image):
@@ -60,8 +71,13 @@ def test_metrics_equal_one_image_at_a_time():
             log_probs = model(image, ids).logits.log_softmax(-1)[0]  # (T-1, V)
         total -= float(log_probs.gather(1, ids[0, 1:, None]).sum())
         count += ids.size(1) - 1
-        (tokens, _), = greedy_decode(
-            model, image, torch.ones(1, dtype=torch.long), tokenizer.bos_id, tokenizer.eos_id, max_length=8
+        ((tokens, _),) = greedy_decode(
+            model,
+            image,
+            torch.ones(1, dtype=torch.long),
+            tokenizer.bos_id,
+            tokenizer.eos_id,
+            max_length=8,
         )
         hypotheses.append(tokenizer.decode(tokens))
     references = [captions[0] for captions in task.references["valid"]]
@@ -85,7 +101,9 @@ def _image_folder(tmp_path):
 
 def test_image_folder_with_several_captions_per_image(tmp_path):
     captions = _image_folder(tmp_path)
-    task, model = _prepared(["data.corpus=files", f"data.train={captions}", "data.valid_fraction=0.25"])
+    task, model = _prepared(
+        ["data.corpus=files", f"data.train={captions}", "data.valid_fraction=0.25"]
+    )
     train_images, valid_images = task.images["train"].size(0), task.images["valid"].size(0)
     assert (train_images, valid_images) == (9, 3)
     # One training example per caption line, each pointing at its image.
@@ -93,10 +111,14 @@ def test_image_folder_with_several_captions_per_image(tmp_path):
     assert max(len(refs) for refs in task.references["train"] + task.references["valid"]) == 2
     pixels = np.asarray(Image.open(tmp_path / "img0.png"), dtype=np.float32) / 255
     index = next(
-        (split, n) for split in ("train", "valid") for n, refs in enumerate(task.references[split])
+        (split, n)
+        for split in ("train", "valid")
+        for n, refs in enumerate(task.references[split])
         if "a picture number 0" in refs
     )
-    torch.testing.assert_close(task.images[index[0]][index[1]], torch.from_numpy(pixels).permute(2, 0, 1))
+    torch.testing.assert_close(
+        task.images[index[0]][index[1]], torch.from_numpy(pixels).permute(2, 0, 1)
+    )
     metrics = task.evaluate(model, "train", batch_size=4, device=torch.device("cpu"))
     assert 0.0 <= metrics["exact_match"] <= 1.0 and metrics["loss"] > 0
 

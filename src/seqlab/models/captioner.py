@@ -56,13 +56,16 @@ class ImageEncoder(nn.Module):
 
     .. math::
         F = \mathrm{Block}_K(\dots\mathrm{Block}_1(x)), \qquad
-        a_r = F_{:, r} + p_r \ (r = 1..R), \qquad v = \mathrm{ReLU}(W\,\mathrm{vec}(F) + b)
+        a_r = F_{:, r} + p_r \ (r = 1..R), \qquad v = \mathrm{LayerNorm}(W\,\mathrm{vec}(F) + b)
 
     The regions a_r are the grid's feature columns (Xu et al. 2015's annotation vectors) plus a
     learned embedding p_r of their grid cell: a convolution's features say what is in a cell but
     not where the cell is, and a caption has to say "on the left". The image vector v is a fully
     connected layer over the whole flattened grid, as classification CNNs end (the vector
-    Show and Tell feeds its decoder); unlike mean pooling it keeps where things are.
+    Show and Tell feeds its decoder); unlike mean pooling it keeps where things are. Layer
+    normalisation (Ba et al. 2016) holds v at unit scale: the ReLU features grow as the CNN
+    learns, and an unnormalised v soon saturates the tanh that turns it into the decoder's
+    first state, which then passes no gradient back to the image.
 
     ======== =========================================
     images   (N, C_in, P, P) float, pixels in [0, 1]
@@ -98,17 +101,18 @@ class ImageEncoder(nn.Module):
         regions = self.grid_size**2
         self.position = nn.Parameter(torch.zeros(regions, self.output_size))
         self.fc = nn.Linear(regions * self.output_size, self.output_size)
+        self.norm = nn.LayerNorm(self.output_size)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He et al. (2015) initialisation of the ReLU layers, zero biases.
+        """He et al. (2015) initialisation of the conv layers (they feed ReLUs), zero biases.
 
-        torch's default conv / linear scale shrinks the signal at every ReLU layer, so on mostly
-        black images the decoder first sees an almost constant image vector; He initialisation
-        keeps the scale, and the generated captions are learned several times faster.
+        torch's default conv scale shrinks the signal at every ReLU layer, so on mostly black
+        images the decoder first sees almost constant regions; He initialisation keeps the
+        scale, and the generated captions are learned several times faster.
         """
-        for module in [*self.convs, self.fc]:
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
+        for module in self.convs:
+            if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.position, std=0.02)
@@ -126,7 +130,7 @@ class ImageEncoder(nn.Module):
                 f"resized to image_size={self.image_size}), got shape {tuple(images.shape)}"
             )
         features = self.convs(images)  # (N, C, G, G)
-        vector = torch.relu(self.fc(features.flatten(1)))  # (N, C * G * G) -> (N, C)
+        vector = self.norm(self.fc(features.flatten(1)))  # (N, C * G * G) -> (N, C)
         regions = features.flatten(2).transpose(1, 2)  # (N, C, R) -> (N, R, C)
         return regions + self.position, vector
 

@@ -268,6 +268,8 @@ class CaptionTask(Task):
         from seqlab.data.images import load_image
 
         model.eval()
+        if not inputs:
+            return []
         size = self.data.image_size
         arrays = np.stack(
             [load_image(path.strip(), size, where=f"input {n}") for n, path in enumerate(inputs, 1)]
