@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from seqlab.data.images import ImageCaptions
 from seqlab.tasks import register_task
 from seqlab.tasks.base import (
     RecurrentModelConfig,
@@ -102,8 +103,9 @@ class CaptionTask(Task):
 
     tokenizer = None
 
-    def _splits_data(self) -> dict:
-        from seqlab.data.images import ImageCaptions, coloured_shapes, read_image_captions
+    def _read_splits(self) -> dict:
+        """The ImageCaptions of each split: generated, or read from the captions files."""
+        from seqlab.data.images import coloured_shapes, read_image_captions
 
         data = self.data
         if data.corpus == "shapes":
@@ -138,7 +140,7 @@ class CaptionTask(Task):
         from seqlab.data.tokenizers import Tokenizer
 
         data = self.data
-        splits = self._splits_data()
+        splits = self._read_splits()
         if fit_vocab:
             texts = (caption for captions in splits["train"].captions for caption in captions)
             self.tokenizer = Tokenizer.train(
@@ -292,10 +294,8 @@ class CaptionTask(Task):
         return lines
 
 
-def _subset(item, indices: list[int]):
-    """The images and captions at `indices` of an ImageCaptions."""
-    from seqlab.data.images import ImageCaptions
-
+def _subset(item: ImageCaptions, indices: list[int]) -> ImageCaptions:
+    """The images and captions at `indices`."""
     return ImageCaptions(
         images=item.images[indices],
         captions=[item.captions[i] for i in indices],
