@@ -45,10 +45,16 @@ CLAIMS: dict[str, list[str]] = {
                     "--variant", "lstm: model.cell=lstm", "--variant", "rnn: model.cell=rnn"],
     "copy": ["copy-lstm", "data.length=100", "model.hidden_size=128", "trainer.max_time_minutes=4",
              *SMALL_CPU, *CELLS],
+    # The gated cells of `copy` with 2.5 times the budget.
+    "copy-10min": ["copy-lstm", "data.length=100", "model.hidden_size=128", "trainer.max_time_minutes=10",
+                   *SMALL_CPU, "--variant", "lstm: model.cell=lstm", "--variant", "gru: model.cell=gru"],
     "pixel-digits": ["digits-pixels-irnn", *SMALL_CPU, "data.permuted=false,true", "--threshold", "accuracy>0.9",
                      "--variant", "irnn: model.nonlinearity=relu model.init=identity",
                      "--variant", "rnn: model.nonlinearity=tanh model.init=default",
                      "--variant", "lstm: model.cell=lstm model.nonlinearity=tanh model.init=default"],
+    # Le et al. trained the IRNN with small learning rates; the same IRNN at lower Adam rates.
+    "pixel-digits-irnn-lr": ["digits-pixels-irnn", *SMALL_CPU, "trainer.lr=0.0001,0.0003",
+                             "data.permuted=false,true", "--threshold", "accuracy>0.9"],
     "fill-blank": ["fill-blank-bilstm", *SMALL_CPU, "--threshold", "accuracy>0.9",
                    "--variant", "forward: model.bidirectional=false",
                    "--variant", "bi-concat: model.merge_mode=concat",
