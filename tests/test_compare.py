@@ -140,3 +140,29 @@ def test_variants_set_several_keys_and_the_command_line_prints_the_table(tmp_pat
     assert "| variant |" in printed and "| irnn |" in printed and "| lstm |" in printed
     assert "--variant 'irnn: model.cell=rnn model.nonlinearity=relu model.init=identity'" in printed
     assert not (out / "gradient_flow.png").exists()
+
+
+def test_every_claim_of_the_benchmark_is_a_valid_grid():
+    """benchmarks/claims.py's command lines name recipes and keys that exist."""
+    import importlib.util
+    import itertools
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "claims.py"
+    spec = importlib.util.spec_from_file_location("claims", path)
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    for name in claims.CLAIMS:
+        args = claims.command(name)
+        if args[0] != "compare":
+            load_config(args[1], [a for a in args[2:] if "=" in a and not a.startswith("--")])
+            continue
+        source, rest = args[1], args[2:]
+        variants = [rest[i + 1] for i, a in enumerate(rest) if a == "--variant"]
+        flags = {i for i, a in enumerate(rest) if a.startswith("--")}
+        overrides = [a for i, a in enumerate(rest) if i not in flags and i - 1 not in flags]
+        axes, fixed = split_overrides(overrides)
+        named = [parse_variant(v)[1] for v in variants] or [[]]
+        for variant, combo in itertools.product(named, itertools.product(*(v for _, v in axes))):
+            settings = [f"{key}={value}" for (key, _), value in zip(axes, combo)]
+            load_config(source, fixed + variant + settings)
