@@ -44,6 +44,11 @@ CLAIMS: dict[str, list[str]] = {
     # It left the plateau late (after ~3,500 steps) and ended at MSE 0.016: twice the epochs.
     "adding-200-lstm-60ep": ["adding-lstm", "data.length=200", "trainer.epochs=60", "trainer.max_time_minutes=20",
                              *SMALL_CPU, "--threshold", "mse<0.01", "--variant", "lstm: model.cell=lstm"],
+    # Gradient clipping on and off (the logged norm is measured before clipping).
+    "clipping": ["adding-lstm", "data.length=100", "trainer.max_time_minutes=2", *SMALL_CPU,
+                 "trainer.clip_grad_norm=null,1.0",
+                 "--variant", "irnn: model.cell=rnn model.nonlinearity=relu model.init=identity",
+                 "--variant", "lstm: model.cell=lstm"],
     "adding-hs97": ["adding-hs97-lstm", *SMALL_CPU, "--threshold", "accuracy>0.99",
                     "--variant", "lstm: model.cell=lstm", "--variant", "rnn: model.cell=rnn"],
     "copy": ["copy-lstm", "data.length=100", "model.hidden_size=128", "trainer.max_time_minutes=4",

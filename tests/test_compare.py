@@ -166,3 +166,29 @@ def test_every_claim_of_the_benchmark_is_a_valid_grid():
         for variant, combo in itertools.product(named, itertools.product(*(v for _, v in axes))):
             settings = [f"{key}={value}" for (key, _), value in zip(axes, combo)]
             load_config(source, fixed + variant + settings)
+
+
+def test_a_diverging_run_is_recorded_as_failed_and_the_grid_goes_on(tmp_path, monkeypatch):
+    import seqlab.train.run as run_module
+    from seqlab.train.loop import TrainingError
+
+    real_train = run_module.train
+
+    def train_or_diverge(config, run_dir=None, **kwargs):
+        if config.section("model").cell == "rnn":
+            run_dir.mkdir(parents=True)
+            raise TrainingError("the training loss became nan at step 3; try a smaller trainer.lr")
+        return real_train(config, run_dir=run_dir, **kwargs)
+
+    monkeypatch.setattr(run_module, "train", train_or_diverge)
+    out = tmp_path / "cmp"
+    result = compare("adding-lstm", TINY + ["model.cell=rnn,gru"], out_dir=out, diagnostics=False)
+    assert [row.status for row in result.rows] == [
+        "failed: the training loss became nan at step 3", "done"]
+    assert (out / "runs" / "cell=rnn" / "failed.txt").is_file()
+    table = read_csv(out / "table.csv")
+    assert table[0]["status"].startswith("failed") and table[0]["test mse"] == ""
+    # Resuming does not retry a failed run.
+    monkeypatch.setattr(run_module, "train", real_train)
+    again = resume_comparison(out)
+    assert again.rows[0].status == result.rows[0].status

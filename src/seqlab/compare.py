@@ -9,9 +9,10 @@ several keys at once are named variants, an axis of their own::
 
     seqlab compare adding-lstm data.length=100 --variant "lstm: model.cell=lstm" \
         --variant "irnn: model.cell=rnn model.nonlinearity=relu model.init=identity"
- ``--seeds N`` adds the axis
-``trainer.seed = s, s+1, ..., s+N-1`` (s = the recipe's seed). Runs go one after the other, in
-the order of the grid's Cartesian product, the last axis fastest.
+
+``--seeds N`` adds the axis ``trainer.seed = s, s+1, ..., s+N-1`` (s = the recipe's seed). Runs
+go one after the other, in the order of the grid's Cartesian product, the last axis fastest. A
+run whose loss goes non-finite is recorded as failed (``failed.txt``) and the grid goes on.
 
 Layout of a comparison directory::
 
@@ -22,7 +23,8 @@ Layout of a comparison directory::
                          table.md adds mean ± std over seeds when there are several
     curves.png           training loss and validation metric against step, one colour per configuration
     gradient_flow.png    ‖∂L/∂h_t‖ over t after training (first seed of each configuration), and
-    gradient_flow_init.png  the same at initialisation (runs train with trainer.diagnostics=true)
+    gradient_flow_init.png  the same at initialisation (runs train with trainer.diagnostics=true;
+                         a finished run without diagnostics is diagnosed afterwards)
     grad_norm.png        logged gradient norm (before clipping) of each configuration
 
 Resuming: the same command with the same ``--out`` (or ``seqlab compare --resume DIR``) skips
