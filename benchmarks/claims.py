@@ -36,6 +36,10 @@ SMALL_CPU = ["trainer.num_threads=1"]
 CLAIMS: dict[str, list[str]] = {
     "adding-100": ["adding-lstm", "data.length=100", "trainer.max_time_minutes=6", *SMALL_CPU,
                    "--threshold", "mse<0.01", *CELLS],
+    # Three seeds of the gated cells and the tanh RNN at T = 100 (the spread behind one-seed numbers).
+    "adding-100-seeds": ["adding-lstm", "data.length=100", "trainer.max_time_minutes=6", *SMALL_CPU, "--seeds", "3",
+                         "--threshold", "mse<0.01", "--variant", "lstm: model.cell=lstm",
+                         "--variant", "gru: model.cell=gru", "--variant", "rnn: model.cell=rnn"],
     "adding-200": ["adding-lstm", "data.length=200", "trainer.max_time_minutes=6", *SMALL_CPU,
                    "--threshold", "mse<0.01", *CELLS],
     # The LSTM of adding-200 met its 6-minute budget on the plateau; the same run with twice the time.
