@@ -121,8 +121,9 @@ def _rnn_backward(grad_out, grad_h, weight_hh, valid, saved, nonlinearity, norms
     steps = _steps(grad_out, slope, grad_x_proj)
     for t in range(len(steps) - 1, -1, -1):
         grad_out_t, slope_t, grad_pre_t = steps[t]
-        _note(norms, grad_out_t + grad_h)
-        grad_new = _masked(valid, t, grad_out_t + grad_h)
+        grad_total = grad_out_t + grad_h  # everything that reaches h_t
+        _note(norms, grad_total)
+        grad_new = _masked(valid, t, grad_total)
         grad_pre = torch.mul(grad_new, slope_t, out=grad_pre_t)
         # past a sequence's end the state was carried unchanged, and so is its gradient
         grad_h = _carry(valid, t, grad_pre @ weight_hh, grad_h)
@@ -208,8 +209,9 @@ def _lstm_backward(grad_out, grad_h, grad_c, weight_hh, weight_ch, valid, saved,
     for t in range(length - 1, -1, -1):
         (grad_out_t, d_h_d_c_t, d_h_d_o_pre_t, d_c_d_pre_t, f_t, grad_gates_t, grad_o_pre_t,
          grad_cell_gates_t, grad_first_t, grad_second_t) = steps[t]
-        _note(norms, grad_out_t + grad_h)
-        grad_h_new = _masked(valid, t, grad_out_t + grad_h)
+        grad_total = grad_out_t + grad_h  # everything that reaches h_t
+        _note(norms, grad_total)
+        grad_h_new = _masked(valid, t, grad_total)
         grad_c_new = torch.addcmul(_masked(valid, t, grad_c), grad_h_new, d_h_d_c_t)
         torch.mul(grad_h_new, d_h_d_o_pre_t, out=grad_o_pre_t)
         if weight_ch is not None:
@@ -290,8 +292,9 @@ def _gru_backward(grad_out, grad_h, weight_hh, valid, saved, reset_after, norms=
     for t in range(len(steps) - 1, -1, -1):
         (grad_out_t, d_n_pre_t, d_z_pre_t, d_r_pre_t, r_t, z_t, grad_n_pre_t, grad_hidden_t,
          grad_r_pre_t, grad_z_pre_t, grad_h_n_t, grad_rz_t) = steps[t]
-        _note(norms, grad_out_t + grad_h)
-        grad_new = _masked(valid, t, grad_out_t + grad_h)
+        grad_total = grad_out_t + grad_h  # everything that reaches h_t
+        _note(norms, grad_total)
+        grad_new = _masked(valid, t, grad_total)
         grad_n_pre = torch.mul(grad_new, d_n_pre_t, out=grad_n_pre_t)
         torch.mul(grad_new, d_z_pre_t, out=grad_z_pre_t)
         if reset_after:
