@@ -116,3 +116,17 @@ def test_filters_reject_bad_values():
         filter_top_k(torch.zeros(3), 0)
     with pytest.raises(ValueError, match="top_p"):
         filter_top_p(torch.zeros(3), -0.2)
+
+
+def test_prompt_batch_shapes_and_errors():
+    from seqlab.decode.sampling import prompt_batch
+
+    cpu = torch.device("cpu")
+    assert torch.equal(prompt_batch([3, 4], 1, cpu), torch.tensor([[3, 4]]))
+    assert torch.equal(prompt_batch(torch.tensor([5]), 0, cpu), torch.tensor([[5]]))
+    with pytest.raises(ValueError, match=r"P >= 1, got shape \(1, 0\)"):
+        prompt_batch([], 1, cpu)
+    with pytest.raises(ValueError, match=r"P >= 1, got shape \(1, 2, 3\)"):
+        prompt_batch(torch.zeros(1, 2, 3, dtype=torch.long), 1, cpu)
+    with pytest.raises(ValueError, match="max_new_tokens should be >= 0, got -1"):
+        prompt_batch([1], -1, cpu)

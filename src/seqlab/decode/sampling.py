@@ -21,7 +21,27 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["filter_top_k", "filter_top_p", "sample_next_token"]
+__all__ = ["filter_top_k", "filter_top_p", "prompt_batch", "sample_next_token"]
+
+
+def prompt_batch(prompt_ids: torch.Tensor | list[int], max_new_tokens: int,
+                 device: torch.device) -> torch.Tensor:
+    """A generator's prompt as a (N, P) id tensor on ``device``: one prompt may be a list or 1-D.
+
+    Raises ValueError for an empty prompt, a prompt of another rank, or ``max_new_tokens`` < 0.
+    """
+    if not isinstance(prompt_ids, torch.Tensor):
+        prompt_ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
+    prompt_ids = prompt_ids.to(device)
+    if prompt_ids.dim() == 1:
+        prompt_ids = prompt_ids.unsqueeze(0)  # (1, P)
+    if prompt_ids.dim() != 2 or prompt_ids.size(1) == 0:
+        raise ValueError(
+            f"prompt_ids should be (N, P) with P >= 1, got shape {tuple(prompt_ids.shape)}"
+        )
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens should be >= 0, got {max_new_tokens!r}")
+    return prompt_ids
 
 
 def _check_top_k(top_k: int) -> None:

@@ -136,20 +136,9 @@ class LanguageModel(nn.Module):
         """
         # decode sits above models in the dependency order; sampling is plain tensor math, and
         # importing it here keeps `import seqlab.models` free of any decode import cycle.
-        from seqlab.decode.sampling import sample_next_token
+        from seqlab.decode.sampling import prompt_batch, sample_next_token
 
-        device = self.head.weight.device
-        if not isinstance(prompt_ids, torch.Tensor):
-            prompt_ids = torch.tensor([list(prompt_ids)], dtype=torch.long)
-        prompt_ids = prompt_ids.to(device)
-        if prompt_ids.dim() == 1:
-            prompt_ids = prompt_ids.unsqueeze(0)  # (1, P)
-        if prompt_ids.dim() != 2 or prompt_ids.size(1) == 0:
-            raise ValueError(
-                f"prompt_ids should be (N, P) with P >= 1, got shape {tuple(prompt_ids.shape)}"
-            )
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens should be >= 0, got {max_new_tokens!r}")
+        prompt_ids = prompt_batch(prompt_ids, max_new_tokens, self.head.weight.device)  # (N, P)
 
         was_training = self.training
         self.eval()
