@@ -18,9 +18,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from seqlab.train.run import predict_run  # noqa: E402
+from seqlab.train.run import predict_run
 
 
 def sequences_of_length(length: int, count: int, num_symbols: int, rng: random.Random) -> list[str]:
