@@ -106,7 +106,6 @@ def scaled_dot_product_attention(
         all-zero weights and a zero output on the math path.
     """
     query_length, key_length = query.size(-2), key.size(-2)
-    mask = _merge_masks(attn_mask, is_causal, query_length, key_length, query.device)
     if not need_weights and generator is None:
         # torch's own is_causal aligns top-left; pass the bottom-right mask unless L == S.
         if is_causal and attn_mask is None and query_length == key_length:
@@ -114,10 +113,13 @@ def scaled_dot_product_attention(
                 query, key, value, dropout_p=dropout_p, is_causal=True, scale=scale
             )
         else:
+            mask = _merge_masks(attn_mask, is_causal, query_length, key_length, query.device)
             output = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=mask, dropout_p=dropout_p, scale=scale
             )
         return output, None
+
+    mask = _merge_masks(attn_mask, is_causal, query_length, key_length, query.device)
 
     scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
     scores = query @ key.transpose(-2, -1) * scale  # (..., L, S)
@@ -221,6 +223,15 @@ class MultiheadAttention(nn.Module):
         projected = F.linear(x, weight, bias)  # (N, T, E)
         return projected.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
+    def _project_self(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N, T, E) through all of in_proj_weight at once, split into q, k, v (N, h, T, d)."""
+        batch, length = x.shape[:2]
+        projected = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (N, T, 3E)
+        return tuple(
+            part.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+            for part in projected.split(self.embed_dim, dim=-1)
+        )
+
     def _mask(
         self,
         attn_mask: torch.Tensor | None,
@@ -278,14 +289,19 @@ class MultiheadAttention(nn.Module):
         `position_offset` is the position of the first query (and new key) for rotary.
         `projected_key_value` from :meth:`project_key_value` stands in for `key` and `value`.
         """
+        self_attention = projected_key_value is None and key is query and value is query
         if not self.batch_first:
             query = query.transpose(0, 1)  # (N, L, E)
         batch = query.size(0)
-        q = self._project(query, 0)  # (N, h, L, d)
-        if projected_key_value is None:
-            k, v = self.project_key_value(key, value)  # (N, h, S_new, d) each
+        if self_attention:
+            # Self-attention: one matmul for the stacked W_q, W_k, W_v (as torch does).
+            q, k, v = self._project_self(query)  # (N, h, L, d) each
         else:
-            k, v = projected_key_value
+            q = self._project(query, 0)  # (N, h, L, d)
+            if projected_key_value is None:
+                k, v = self.project_key_value(key, value)  # (N, h, S_new, d) each
+            else:
+                k, v = projected_key_value
         if self.rotary is not None:
             q = self.rotary(q, offset=position_offset)
             k = self.rotary(k, offset=position_offset)
