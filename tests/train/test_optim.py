@@ -73,3 +73,30 @@ def test_clip_by_value_then_norm_unchanged_when_small():
     assert torch.equal(a.grad, torch.tensor([3.0, -3.5]))
     assert torch.equal(b.grad, torch.tensor([3.5]))
     assert norm == pytest.approx(math.sqrt(9 + 3.5 ** 2 * 2))
+
+
+def test_weight_decay_skips_biases_and_norm_gains():
+    linear, norm = torch.nn.Linear(3, 2), torch.nn.LayerNorm(2)
+    with torch.no_grad():
+        linear.bias.fill_(1.0)
+        norm.weight.fill_(2.0)
+    before = [p.detach().clone() for p in (linear.weight, linear.bias, norm.weight)]
+    optimizer = build_optimizer([*linear.parameters(), *norm.parameters()], "adamw", lr=0.1, weight_decay=0.5)
+    for p in (*linear.parameters(), *norm.parameters()):
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    # AdamW with zero gradients only decays: w ← w (1 − lr·λ), and only for matrices.
+    assert torch.allclose(linear.weight, before[0] * (1 - 0.1 * 0.5))
+    assert torch.equal(linear.bias, before[1]) and torch.equal(norm.weight, before[2])
+
+
+def test_adam_betas_reach_the_optimizer():
+    p = torch.nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer([p], "adam", lr=1.0, betas=(0.8, 0.9))
+    assert optimizer.param_groups[0]["betas"] == (0.8, 0.9)
+    p.grad = torch.tensor([2.0])
+    optimizer.step()
+    # First Adam step: m̂ = g, v̂ = g², so the update is lr · g / (|g| + eps) whatever the betas.
+    assert float(p) == pytest.approx(-1.0, rel=1e-6)
+    assert optimizer.state[p]["exp_avg"].item() == pytest.approx((1 - 0.8) * 2.0)
+    assert optimizer.state[p]["exp_avg_sq"].item() == pytest.approx((1 - 0.9) * 4.0)

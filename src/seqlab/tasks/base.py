@@ -35,6 +35,7 @@ __all__ = [
     "require_path",
     "shard_batches",
     "split_off",
+    "spread",
     "to_device",
 ]
 
@@ -171,8 +172,13 @@ class Task:
         """Forward one batch (the model may be DDP-wrapped); `carry` is the previous step's state."""
         raise NotImplementedError
 
-    def evaluate(self, model: torch.nn.Module, split: str, batch_size: int, device: torch.device) -> dict[str, float]:
-        """Metrics averaged over the whole split; must contain `metric`."""
+    def evaluate(self, model: torch.nn.Module, split: str, batch_size: int, device: torch.device,
+                 max_batches: int | None = None) -> dict[str, float]:
+        """Metrics averaged over the split; must contain `metric`.
+
+        `max_batches` limits it to that many batches picked with :func:`spread` (a quicker
+        estimate during training); None reads the whole split.
+        """
         raise NotImplementedError
 
     # Using the trained model.
@@ -208,6 +214,17 @@ def eval_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Unshuffled, length-sorted batches for evaluation (less padding, same numbers)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def spread(items: list, count: int | None) -> list:
+    """`count` of `items` taken at even intervals (all of them when count is None or larger).
+
+    Limits an evaluation to a few batches that still span the split: evaluation batches are
+    sorted by length, so the first few would hold only the shortest examples.
+    """
+    if count is None or count >= len(items):
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]
 
 
 def require_path(value: str | None, key: str, recipe: str | None, what: str) -> str:
@@ -260,13 +277,15 @@ class TensorTask(Task):
         return {"loss": float(out.loss) * batch["inputs"].size(0)}
 
     @torch.no_grad()
-    def evaluate(self, model, split, batch_size, device):
+    def evaluate(self, model, split, batch_size, device, max_batches=None):
         model.eval()
         tensors = self.tensors[split]
         size = len(tensors[1])
         totals: dict[str, float] = {}
-        for start in range(0, size, batch_size):
+        count = 0
+        for start in spread(range(0, size, batch_size), max_batches):
             batch = to_device(self._slice(tensors, slice(start, start + batch_size)), device)
             for name, value in self.batch_metrics(model, batch).items():
                 totals[name] = totals.get(name, 0.0) + value
-        return mean_metrics(totals, size)
+            count += len(batch["targets"])
+        return mean_metrics(totals, count)

@@ -33,6 +33,7 @@ from seqlab.tasks.base import (
     example_batches,
     require_path,
     split_off,
+    spread,
     to_device,
 )
 from seqlab.train.config import StrictModel
@@ -239,13 +240,13 @@ class CaptionTask(Task):
         return [t.decode(nbest[0][0]) for nbest in results]
 
     @torch.no_grad()
-    def evaluate(self, model, split, batch_size, device):
+    def evaluate(self, model, split, batch_size, device, max_batches=None):
         from seqlab.decode import bleu, exact_match
 
         model.eval()
         examples = self.examples[split]
         total_loss, total_tokens = 0.0, 0
-        for key in eval_batches([len(caption) for _, caption in examples], batch_size):
+        for key in spread(eval_batches([len(caption) for _, caption in examples], batch_size), max_batches):
             batch = to_device(self._collate(split, [examples[i] for i in key]), device)
             out = model(batch["images"], batch["tgt"])
             tokens = int((batch["tgt"][:, 1:] != self.tokenizer.pad_id).sum())
@@ -253,11 +254,13 @@ class CaptionTask(Task):
             total_tokens += tokens
         images = self.images[split]
         hypotheses: list[str] = []
-        for start in range(0, images.size(0), batch_size):
+        references: list[list[str]] = []
+        for start in spread(range(0, images.size(0), batch_size), max_batches):
             chunk = images[start : start + batch_size].to(device)
             hypotheses += self._decode(model, chunk, self.predict_config.eval_beam_size)
+            references += self.references[split][start : start + batch_size]
         loss = total_loss / max(total_tokens, 1)
-        references = _equal_counts(self.references[split])
+        references = _equal_counts(references)
         return {
             "loss": loss,
             "perplexity": math.exp(min(loss, 50.0)),

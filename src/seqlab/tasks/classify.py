@@ -22,6 +22,7 @@ from seqlab.tasks.base import (
     mean_metrics,
     require_path,
     split_off,
+    spread,
     to_device,
 )
 from seqlab.train.config import StrictModel
@@ -153,17 +154,19 @@ class ClassifyTask(Task):
         return StepOutput(out.loss, int(batch["targets"].numel()))
 
     @torch.no_grad()
-    def evaluate(self, model, split, batch_size, device):
+    def evaluate(self, model, split, batch_size, device, max_batches=None):
         model.eval()
         examples = self.examples[split]
         totals = {"loss": 0.0, "accuracy": 0.0}
-        for key in eval_batches([len(ids) for ids, _ in examples], batch_size):
+        count = 0
+        for key in spread(eval_batches([len(ids) for ids, _ in examples], batch_size), max_batches):
             batch = to_device(self._collate([examples[i] for i in key]), device)
             out = model(batch["inputs"], lengths=batch["lengths"], targets=batch["targets"])
             n = batch["targets"].numel()
             totals["loss"] += float(out.loss) * n
             totals["accuracy"] += float((out.logits.argmax(-1) == batch["targets"]).sum())
-        return mean_metrics(totals, len(examples))
+            count += n
+        return mean_metrics(totals, count)
 
     def predict(self, model, inputs, device):
         from seqlab.data.batching import pad_sequences

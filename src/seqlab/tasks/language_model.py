@@ -170,12 +170,17 @@ class LanguageModelTask(Task):
         return StepOutput(out.loss, int(batch["inputs"].numel()), out.state)
 
     @torch.no_grad()
-    def evaluate(self, model, split, batch_size, device):
+    def evaluate(self, model, split, batch_size, device, max_batches=None):
         model.eval()
         stream = self.streams[split]
         rows = batchify(stream, max(1, min(batch_size, (stream.numel() - 1) // 2)))
         state, total, count = None, 0.0, 0
-        for start in range(0, rows.size(1) - 1, self.data.bptt):
+        starts = range(0, rows.size(1) - 1, self.data.bptt)
+        if max_batches is not None and max_batches < len(starts):
+            # The first chunks of every row: the rows already span the whole stream, and the
+            # recurrent state stays carried from chunk to chunk.
+            starts = starts[:max_batches]
+        for start in starts:
             batch = self._chunk(rows, start)
             out = model(batch["inputs"].to(device), state=state, targets=batch["targets"].to(device))
             state = out.state

@@ -21,6 +21,7 @@ from seqlab.tasks.base import (
     example_batches,
     require_path,
     split_off,
+    spread,
     to_device,
 )
 from seqlab.train.config import StrictModel
@@ -154,11 +155,11 @@ class TagTask(Task):
         return StepOutput(out.loss, int(batch["lengths"].sum()))
 
     @torch.no_grad()
-    def evaluate(self, model, split, batch_size, device):
+    def evaluate(self, model, split, batch_size, device, max_batches=None):
         model.eval()
         examples = self.examples[split]
         loss_sum, correct, count = 0.0, 0.0, 0
-        for key in eval_batches([len(ids) for ids, _ in examples], batch_size):
+        for key in spread(eval_batches([len(ids) for ids, _ in examples], batch_size), max_batches):
             batch = to_device(self._collate([examples[i] for i in key]), device)
             out = model(batch["inputs"], lengths=batch["lengths"], targets=batch["targets"])
             steps = torch.arange(batch["inputs"].size(1), device=device)

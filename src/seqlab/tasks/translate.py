@@ -29,6 +29,7 @@ from seqlab.tasks.base import (
     example_batches,
     require_path,
     split_off,
+    spread,
     to_device,
 )
 from seqlab.train.config import StrictModel
@@ -263,14 +264,14 @@ class TranslateTask(Task):
         return [nbest[0][0] for nbest in results]
 
     @torch.no_grad()
-    def evaluate(self, model, split, batch_size, device):
+    def evaluate(self, model, split, batch_size, device, max_batches=None):
         from seqlab.decode import bleu, chrf, exact_match
 
         model.eval()
         examples = self.examples[split]
-        hypotheses: list[str] = [""] * len(examples)
+        hypotheses: dict[int, str] = {}
         total_loss, total_tokens = 0.0, 0
-        for key in eval_batches([len(src) for src, _ in examples], batch_size):
+        for key in spread(eval_batches([len(src) for src, _ in examples], batch_size), max_batches):
             batch = to_device(self._collate([examples[i] for i in key]), device)
             out = model(batch["src"], batch["src_lengths"], batch["tgt"])
             tokens = int((batch["tgt"][:, 1:] != self.tokenizer.pad_id).sum())
@@ -281,7 +282,9 @@ class TranslateTask(Task):
             )
             for index, ids in zip(key, decoded):
                 hypotheses[index] = self.tokenizer.decode(ids)
-        references = self.references[split]
+        indices = sorted(hypotheses)
+        references = [self.references[split][i] for i in indices]
+        hypotheses = [hypotheses[i] for i in indices]
         loss = total_loss / max(total_tokens, 1)
         return {
             "loss": loss,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -62,6 +62,9 @@ class TrainerConfig(StrictModel):
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
     momentum: float = Field(0.0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
+    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2
+    )
     scheduler: Literal["constant", "cosine", "plateau"] = "constant"
     warmup_steps: int = Field(0, ge=0)
     min_lr: float = Field(0.0, ge=0)
@@ -70,6 +73,9 @@ class TrainerConfig(StrictModel):
     clip_grad_norm: float | None = Field(None, gt=0)
     clip_grad_value: float | None = Field(None, gt=0)
     eval_every: int | None = Field(None, ge=1)
+    # Evaluations during training read this many batches, spread over the split (a quicker,
+    # noisier estimate); the final figures in summary.json always use the whole split.
+    eval_max_batches: int | None = Field(None, ge=1)
     save_every: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)
     early_stopping_patience: int | None = Field(None, ge=1)

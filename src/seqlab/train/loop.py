@@ -100,7 +100,8 @@ def fit(
     device = context.device
     model.to(device)
     train_model = context.wrap(model)
-    optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
+                                tuple(cfg.betas))
     batch_size = cfg.batch_size
     eval_batch_size = cfg.eval_batch_size or cfg.batch_size
     steps_per_epoch = len(task.train_batches(0, batch_size, context.rank, context.world_size))
@@ -174,7 +175,7 @@ def fit(
         """Evaluate on valid, keep the best weights; True when early stopping says stop."""
         nonlocal best_value, best_step, best_metrics, bad_evals
         with autocast_context(device, cfg.precision):
-            metrics = task.evaluate(model, "valid", eval_batch_size, device)
+            metrics = task.evaluate(model, "valid", eval_batch_size, device, cfg.eval_max_batches)
         model.train()
         value = metrics[task.metric]
         log.write(step=step, epoch=epoch, split="valid", metrics=metrics,

@@ -25,17 +25,28 @@ def build_optimizer(
     lr: float,
     weight_decay: float = 0.0,
     momentum: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> torch.optim.Optimizer:
-    """One of sgd / adam / adamw / rmsprop over `parameters`."""
+    """One of sgd / adam / adamw / rmsprop over `parameters`.
+
+    Weight decay applies to weight matrices and embeddings (parameters with two or more
+    dimensions) and not to biases or normalisation gains, whose decay would only pull a layer's
+    offset or scale towards zero (as in BERT and GPT-2 training). `betas` are Adam's (β1, β2).
+    """
     parameters = [p for p in parameters if p.requires_grad]
+    groups = [
+        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    groups = [group for group in groups if group["params"]] if weight_decay > 0 else parameters
     if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(groups, lr=lr, betas=betas, weight_decay=weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
     if name == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.RMSprop(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"optimizer={name!r} is not one of: sgd, adam, adamw, rmsprop")
 
 

@@ -150,9 +150,13 @@ def _write_summary(run_dir: Path, summary: dict) -> None:
 
 
 def _evaluate_splits(task: Task, model: torch.nn.Module, batch_size: int, device: torch.device,
-                     precision: str) -> dict[str, dict[str, float]]:
+                     precision: str, known: dict | None = None) -> dict[str, dict[str, float]]:
+    """Every evaluation split read whole; `known` holds splits already measured so."""
     results = {}
     for split in task.splits():
+        if known and split in known:
+            results[split] = known[split]
+            continue
         with autocast_context(device, precision):
             results[split] = task.evaluate(model, split, batch_size, device)
     return results
@@ -235,7 +239,12 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
     device = context.device
     model.to(device)
     eval_batch_size = trainer.eval_batch_size or trainer.batch_size
-    summary: dict = _evaluate_splits(task, model, eval_batch_size, device, trainer.precision)
+    # The best weights were scored on the whole validation split when they were kept, unless
+    # evaluations read only some batches (or a resumed run may have changed that).
+    known = None
+    if result.best_metrics and trainer.eval_max_batches is None and not resume:
+        known = {"valid": result.best_metrics}
+    summary: dict = _evaluate_splits(task, model, eval_batch_size, device, trainer.precision, known)
     summary["run"] = {
         "steps": result.step, "epochs": result.epoch, "best_step": result.best_step,
         "stop_reason": result.stop_reason, "elapsed_seconds": round(result.elapsed, 2),
