@@ -72,6 +72,18 @@ def test_lm_loss_and_attentions():
         model(torch.zeros(1, 65, dtype=torch.long))
 
 
+def test_lm_initialisation_is_gpt2s():
+    torch.manual_seed(0)
+    lm = TransformerLM(vocab_size=500, d_model=256, nhead=4, num_layers=8, bias=False)
+    block = lm.blocks.layers[3]
+    # N(0, 0.02) everywhere, the two projections into the residual stream N(0, 0.02 / sqrt(2 L)).
+    assert float(block.self_attn.in_proj_weight.std()) == pytest.approx(0.02, rel=0.03)
+    assert float(block.linear1.weight.std()) == pytest.approx(0.02, rel=0.03)
+    for weight in (block.self_attn.out_proj.weight, block.linear2.weight):
+        assert float(weight.std()) == pytest.approx(0.02 / 4, rel=0.03)
+    assert not [name for name, _ in lm.named_parameters() if name.endswith("bias")]
+
+
 def test_lm_right_padding_leaves_real_positions_alone():
     model = _lm()
     ids = torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(13))

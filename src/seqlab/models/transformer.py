@@ -33,6 +33,7 @@ from torch import nn
 
 from seqlab.models.outputs import ClassifierOutput, LMOutput, TaggerOutput
 from seqlab.models.seq2seq import Seq2SeqOutput
+from seqlab.nn.multihead import MultiheadAttention
 from seqlab.nn.positional import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
@@ -442,14 +443,23 @@ class TransformerLM(nn.Module):
         if tie_weights:
             self.head.weight = self.embedding.token.weight
         self.apply(self._init_weights)
+        # GPT-2 (Radford et al. 2019, sec. 2.3) scales the weights of the layers that write into
+        # the residual stream by 1/sqrt(N), N = 2 per block, so the stream's variance does not
+        # grow with depth at initialisation.
+        for block in self.blocks.layers:
+            for weight in (block.self_attn.out_proj.weight, block.linear2.weight):
+                nn.init.normal_(weight, std=0.02 / math.sqrt(2 * num_layers))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        # GPT-2's initialisation: N(0, 0.02) weights and zero biases keep the first logits small.
+        # GPT-2's initialisation: N(0, 0.02) weights (the stacked q/k/v projection too) and zero
+        # biases keep the first logits small.
         if isinstance(module, nn.Linear | nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
+        if isinstance(module, MultiheadAttention):
+            nn.init.normal_(module.in_proj_weight, std=0.02)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameters (a tied embedding / output matrix counted once)."""

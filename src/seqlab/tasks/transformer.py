@@ -38,6 +38,8 @@ class TransformerModel(StrictModel):
 class GPTModel(TransformerModel):
     activation: Literal["relu", "gelu", "gelu_tanh"] = "gelu_tanh"
     tie_weights: bool = True
+    # False drops the biases of every linear layer and layer norm (as in nanoGPT's default).
+    bias: bool = True
 
 
 class EncoderClassifierModel(TransformerModel):
@@ -73,6 +75,7 @@ class TransformerLMTask(LanguageModelTask):
             self.tokenizer.vocab_size, d_model=m.d_model, nhead=m.nhead, num_layers=m.num_layers,
             dim_feedforward=m.dim_feedforward, dropout=m.dropout, activation=m.activation,
             positional=m.positional, max_length=m.max_length, tie_weights=m.tie_weights,
+            bias=m.bias,
         )
 
 
