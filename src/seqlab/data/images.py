@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqlab.data.readers import DataError, _lines
+from seqlab.data.readers import DataError, numbered_lines
 
 __all__ = [
     "COLOURS",
@@ -253,7 +253,7 @@ def read_image_captions(
     order: dict[str, int] = {}
     images: list[np.ndarray] = []
     captions: list[list[str]] = []
-    for line, text in _lines(path):
+    for line, text in numbered_lines(path):
         if not text.strip():
             continue
         name, tab, caption = text.partition("\t")

@@ -32,6 +32,7 @@ __all__ = [
     "DataError",
     "iter_labelled",
     "iter_parallel",
+    "numbered_lines",
     "open_text",
     "read_conll",
     "read_labelled",
@@ -79,7 +80,7 @@ def open_text(path: str | Path, newline: str | None = None) -> IO[str]:
     return open(path, encoding="utf-8-sig", newline=newline)
 
 
-def _lines(path: Path, newline: str | None = None) -> Iterator[tuple[int, str]]:
+def numbered_lines(path: Path, newline: str | None = None) -> Iterator[tuple[int, str]]:
     """(line number, line without its end) for each line, with decoding errors as DataError."""
     number = 0
     try:
@@ -180,7 +181,7 @@ def _checked_example(path: Path, line: int, text: object, label: object) -> tupl
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank JSON line."""
-    for line, raw in _lines(path):
+    for line, raw in numbered_lines(path):
         if not raw.strip():
             continue
         try:
@@ -271,7 +272,7 @@ def read_conll(
     sentences: list[tuple[list[str], list[str]]] = []
     tokens: list[str] = []
     tags: list[str] = []
-    for line, raw in _lines(path):
+    for line, raw in numbered_lines(path):
         fields = raw.split()
         if not fields:
             if tokens:
@@ -377,7 +378,7 @@ def iter_parallel(
         return
     kind = _format_of(source)
     if kind == ".tsv":
-        for line, raw in _lines(source):
+        for line, raw in numbered_lines(source):
             if not raw.strip():
                 continue
             fields = raw.split("\t")
@@ -409,8 +410,8 @@ def iter_parallel(
 
 
 def _iter_aligned(source: Path, target: Path) -> Iterator[tuple[str, str]]:
-    source_lines = [raw for _, raw in _lines(source)]
-    target_lines = [raw for _, raw in _lines(target)]
+    source_lines = [raw for _, raw in numbered_lines(source)]
+    target_lines = [raw for _, raw in numbered_lines(target)]
     if len(source_lines) != len(target_lines):
         raise DataError(
             f"misaligned parallel files: {source} has {len(source_lines)} lines but {target} has "
