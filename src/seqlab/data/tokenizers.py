@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import tokenizers as hf
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -152,6 +153,7 @@ class Tokenizer:
         # faster than the backend on a megabyte of text, with identical ids).
         self._token_ids: dict[str, int] | None = None
         self._id_tokens: list[str] | None = None
+        self._char_table: np.ndarray | None = None
 
     @classmethod
     def train(
@@ -301,8 +303,16 @@ class Tokenizer:
         if any(token in text for token in SPECIAL_TOKENS):
             return None
         text = _normalize(self.backend, text)
-        token_ids, _ = self._tables()
-        return [token_ids.get(char, UNK_ID) for char in text]
+        if self._char_table is None:
+            # id of every code point up to the largest in the vocabulary, <unk> elsewhere
+            token_ids, _ = self._tables()
+            chars = {ord(token): i for token, i in token_ids.items() if len(token) == 1}
+            self._char_table = np.full(max(chars, default=0) + 1, UNK_ID, dtype=np.int64)
+            self._char_table[list(chars)] = list(chars.values())
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        table = self._char_table
+        known = points < len(table)
+        return np.where(known, table[np.where(known, points, 0)], UNK_ID).tolist()
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Token ids of ``text``, optionally framed by ``<bos>`` / ``<eos>``."""
