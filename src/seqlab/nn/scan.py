@@ -15,14 +15,34 @@ Shapes: x_proj (L, N, G·H) with gates in the layer's layout, h0 / c0 (N, H), va
 (True where step t of sequence n is inside its length; None when every step is), outputs
 (L, N, H). Masked steps keep the previous state and emit zeros, so a sequence ends at its length.
 
+The compiled loop. Small steps (say N=8, H=128) spend most of their time dispatching the dozen
+small operations above from Python. ``csrc/scan.cpp`` runs the same forward and backward steps
+in C++: per step one matrix product into a preallocated buffer (two for the GRU with
+``reset_after=False``, as here) and one fused loop over the batch and units for all the gate
+arithmetic, in float32 and float64. It follows the Python loop's masking, directions and initial
+states, saves what it saves, and leaves the same sums over steps (weight, bias and peephole
+gradients) to the functions below, so the two loops agree to rounding: float64 to ~1e-15,
+float32 to ~1e-6 (its exp and tanh are short polynomials that the compiler can vectorise).
+
+It is built once with ``torch.utils.cpp_extension.load`` into torch's extension cache (``make
+install`` does it; otherwise the first run waits for the compiler) and then used automatically
+for CPU float32 / float64 tensors. The Python functions below stay the reference and run instead
+on other devices and dtypes, while :func:`record_scans` records, when the environment sets
+``SEQLAB_COMPILED_SCAN=0``, and when the build fails (that warns once, with the reason).
+:func:`compiled_available` says whether the compiled loop is in use.
+
 Tests compare every cell's gradients with autograd through :mod:`seqlab.nn.cells` and run
-``torch.autograd.gradcheck`` in float64.
+``torch.autograd.gradcheck`` in float64, and compare the compiled loop with the Python one.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -226,12 +246,18 @@ def _lstm_backward(grad_out, grad_h, grad_c, weight_hh, weight_ch, valid, saved,
         grad_c = _carry(valid, t, grad_c_prev, grad_c)
     grad_weight_ch = None
     if weight_ch is not None:
-        # peephole weights are diagonal: sum gate-gradient ⊙ cell over steps and batch
-        grad_peeps = (grad_gates[..., : peeps * hidden].view(length, batch, peeps, hidden)
-                      * c_prevs.unsqueeze(2)).sum((0, 1)).flatten()
-        grad_o = (grad_gates[..., -hidden:] * c_news).sum((0, 1))
-        grad_weight_ch = torch.cat([grad_peeps, grad_o])
+        grad_weight_ch = _peephole_grad(grad_gates, c_prevs, c_news, coupled)
     return grad_gates, grad_h, grad_c, grad_gates, h_prevs, grad_weight_ch
+
+
+def _peephole_grad(grad_gates: Tensor, c_prevs: Tensor, c_news: Tensor, coupled: bool) -> Tensor:
+    """Peephole weights are diagonal: sum gate-gradient ⊙ cell over steps and batch, (P·H)."""
+    length, batch, hidden = c_prevs.shape
+    peeps = 1 if coupled else 2  # gates that look at the previous cell: (i, f) or f
+    grad_peeps = (grad_gates[..., : peeps * hidden].view(length, batch, peeps, hidden)
+                  * c_prevs.unsqueeze(2)).sum((0, 1)).flatten()
+    grad_o = (grad_gates[..., -hidden:] * c_news).sum((0, 1))
+    return torch.cat([grad_peeps, grad_o])
 
 
 def _gru_forward(x_proj, h, weight_hh, bias_hh, valid, reset_after):
@@ -309,13 +335,145 @@ def _gru_backward(grad_out, grad_h, weight_hh, valid, saved, reset_after, norms=
             grad_h_prev = torch.addmm(grad_direct, grad_rz_t, w_rz)
         grad_h = _carry(valid, t, grad_h_prev, grad_h)
     grad_x_proj[..., : 2 * hidden] = grad_hidden[..., : 2 * hidden]
+    return grad_x_proj, grad_h, *_gru_weight_grads(grad_hidden, h_prevs, hidden_n, reset_after)
+
+
+def _gru_weight_grads(grad_hidden: Tensor, h_prevs: Tensor, hidden_n: Tensor,
+                      reset_after: bool) -> tuple[Tensor, Tensor]:
+    """dW_hh (3H, H) and db_hh (3H,) from the gradient of the hidden-side products, all steps."""
+    hidden = h_prevs.shape[-1]
     flat = grad_hidden.reshape(-1, 3 * hidden)  # (L·N, 3H)
     if reset_after:
         grad_weight = flat.t() @ h_prevs.reshape(-1, hidden)
     else:
         grad_weight = torch.cat([flat[:, : 2 * hidden].t() @ h_prevs.reshape(-1, hidden),
                                  flat[:, 2 * hidden:].t() @ hidden_n.reshape(-1, hidden)])
-    return grad_x_proj, grad_h, grad_weight, flat.sum(0)
+    return grad_weight, flat.sum(0)
+
+
+# The compiled loop: csrc/scan.cpp runs the same steps as the functions above (module docstring).
+
+SWITCH = "SEQLAB_COMPILED_SCAN"
+_SOURCE = Path(__file__).parent / "csrc" / "scan.cpp"
+_kernel = None  # torch.ops.seqlab_scan once the library is loaded
+_build_error: str | None = None  # why it could not be built; the Python loop runs then
+_build_lock = threading.Lock()
+
+
+def _load_extension(verbose: bool = False):
+    """Compile csrc/scan.cpp into torch's extension cache (only when it changed) and load it.
+
+    On a CPU with AVX2 the loops over units use it; the build then carries another name, so a
+    cache shared with an older CPU never hands it an instruction set it lacks.
+    """
+    from torch.utils.cpp_extension import load
+
+    # -fno-trapping-math lets the compiler vectorise the gate loops' comparisons
+    flags = ["-O3", "-fno-trapping-math"]
+    name = "seqlab_scan"
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mfma"]
+        name += "_avx2"
+    load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, with_cuda=False,
+         is_python_module=False, verbose=verbose)
+    return torch.ops.seqlab_scan
+
+
+def build_compiled(verbose: bool = False) -> bool:
+    """Build (or load from the cache) the compiled time loop; True when it can be used.
+
+    A failure (no compiler, missing headers) warns once with the reason and leaves the Python
+    loop in use; it never raises. ``make install`` calls this so that the first run does not
+    wait for the compiler.
+    """
+    global _kernel, _build_error
+    with _build_lock:
+        if _kernel is None and _build_error is None:
+            try:
+                _kernel = _load_extension(verbose)
+            except Exception as error:  # noqa: BLE001 (any failure: the Python loop runs)
+                lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+                _build_error = f"{type(error).__name__}: {lines[0] if lines else error!r}"
+                warnings.warn(f"seqlab: the compiled time loop could not be built ({_build_error});"
+                              f" recurrent variants run the Python loop. Set {SWITCH}=0 to skip "
+                              "the build.", RuntimeWarning, stacklevel=2)
+    return _kernel is not None
+
+
+def compiled_available() -> bool:
+    """Whether :func:`scan` runs the compiled loop (on CPU float32 / float64 tensors).
+
+    False when ``SEQLAB_COMPILED_SCAN=0`` is set or the kernel cannot be built.
+    """
+    return os.environ.get(SWITCH, "1") != "0" and build_compiled()
+
+
+def _is_compiling() -> bool:
+    """Whether torch.compile is tracing: it cannot see inside the compiled loop."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling and is_compiling())
+
+
+def _use_compiled(*tensors: Tensor | None) -> bool:
+    """The compiled loop takes CPU float32 / float64 runs without a recorder; others run in Python."""
+    first = tensors[0]
+    if _RECORDERS or first.dtype not in (torch.float32, torch.float64):
+        return False
+    if not all(t is None or (t.device.type == "cpu" and t.dtype == first.dtype) for t in tensors):
+        return False
+    return not _is_compiling() and compiled_available()
+
+
+def _compiled_rnn_forward(x_proj, h, weight_hh, valid, nonlinearity):
+    outputs, h, prevs = _kernel.rnn_forward(x_proj, h, weight_hh, valid, nonlinearity == "relu")
+    return outputs, h, (outputs, prevs)
+
+
+def _compiled_rnn_backward(grad_out, grad_h, weight_hh, valid, saved, nonlinearity, norms=None):
+    outputs, prevs = saved
+    grad_x_proj, grad_h = _kernel.rnn_backward(grad_out, grad_h, weight_hh, valid, outputs,
+                                               nonlinearity == "relu")
+    return grad_x_proj, grad_h, grad_x_proj, prevs
+
+
+def _compiled_lstm_forward(x_proj, h, c, weight_hh, weight_ch, valid, coupled):
+    outputs, h, c, *saved = _kernel.lstm_forward(x_proj, h, c, weight_hh, weight_ch, valid,
+                                                 coupled)
+    return outputs, h, c, tuple(saved)  # acts, c_prevs, c_news, tanh_cs, h_prevs
+
+
+def _compiled_lstm_backward(grad_out, grad_h, grad_c, weight_hh, weight_ch, valid, saved, coupled,
+                            norms=None):
+    acts, c_prevs, c_news, tanh_cs, h_prevs = saved
+    grad_gates, grad_h, grad_c = _kernel.lstm_backward(grad_out, grad_h, grad_c, weight_hh,
+                                                       weight_ch, valid, acts, c_prevs, tanh_cs,
+                                                       coupled)
+    grad_weight_ch = None
+    if weight_ch is not None:
+        grad_weight_ch = _peephole_grad(grad_gates, c_prevs, c_news, coupled)
+    return grad_gates, grad_h, grad_c, grad_gates, h_prevs, grad_weight_ch
+
+
+def _compiled_gru_forward(x_proj, h, weight_hh, bias_hh, valid, reset_after):
+    outputs, h, *saved = _kernel.gru_forward(x_proj, h, weight_hh, bias_hh, valid, reset_after)
+    return outputs, h, tuple(saved)  # acts, h_prevs, hidden_n
+
+
+def _compiled_gru_backward(grad_out, grad_h, weight_hh, valid, saved, reset_after, norms=None):
+    acts, h_prevs, hidden_n = saved
+    grad_x_proj, grad_h, grad_hidden = _kernel.gru_backward(grad_out, grad_h, weight_hh, valid,
+                                                            acts, h_prevs, hidden_n, reset_after)
+    return grad_x_proj, grad_h, *_gru_weight_grads(grad_hidden, h_prevs, hidden_n, reset_after)
+
+
+# (forward, backward) of each cell, for the Python loop (False) and the compiled one (True)
+_LOOPS = {
+    False: {"RNN": (_rnn_forward, _rnn_backward), "LSTM": (_lstm_forward, _lstm_backward),
+            "GRU": (_gru_forward, _gru_backward)},
+    True: {"RNN": (_compiled_rnn_forward, _compiled_rnn_backward),
+           "LSTM": (_compiled_lstm_forward, _compiled_lstm_backward),
+           "GRU": (_compiled_gru_forward, _compiled_gru_backward)},
+}
 
 
 class _Scan(torch.autograd.Function):
@@ -324,17 +482,18 @@ class _Scan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_proj, h0, c0, weight_hh, bias_hh, weight_ch, valid, cell, option, tag):
         ctx.cell, ctx.option = cell, option
+        ctx.compiled = _use_compiled(x_proj, h0, c0, weight_hh, bias_hh, weight_ch)
+        run, _ = _LOOPS[ctx.compiled][cell]
         if cell == "LSTM":
-            outputs, h, c, saved = _lstm_forward(x_proj, h0, c0, weight_hh, weight_ch, valid,
-                                                 option)
+            outputs, h, c, saved = run(x_proj, h0, c0, weight_hh, weight_ch, valid, option)
         elif cell == "GRU":
-            outputs, h, saved = _gru_forward(x_proj, h0, weight_hh, bias_hh, valid, option)
+            outputs, h, saved = run(x_proj, h0, weight_hh, bias_hh, valid, option)
             c = None
         else:
-            outputs, h, saved = _rnn_forward(x_proj, h0, weight_hh, valid, option)
+            outputs, h, saved = run(x_proj, h0, weight_hh, valid, option)
             c = None
-        if valid is not None:
-            outputs = outputs * valid  # a sequence emits zeros past its length
+        if valid is not None and not ctx.compiled:
+            outputs = outputs * valid  # a sequence emits zeros past its length (compiled: already)
         ctx.save_for_backward(weight_hh, weight_ch, valid, *saved)
         ctx.has_bias = bias_hh is not None
         ctx.records = []
@@ -353,15 +512,16 @@ class _Scan(torch.autograd.Function):
         weight_hh, weight_ch, valid, *saved = ctx.saved_tensors
         grad_weight_ch = grad_bias = grad_c0 = None
         norms = [] if ctx.records else None
+        _, run = _LOOPS[ctx.compiled][ctx.cell]
         if ctx.cell == "LSTM":
-            grad_x_proj, grad_h0, grad_c0, grad_rows, inputs, grad_weight_ch = _lstm_backward(
+            grad_x_proj, grad_h0, grad_c0, grad_rows, inputs, grad_weight_ch = run(
                 grad_out, grad_h, grad_c, weight_hh, weight_ch, valid, saved, ctx.option, norms)
             grad_weight = _outer_sum(grad_rows, inputs)
         elif ctx.cell == "GRU":
-            grad_x_proj, grad_h0, grad_weight, grad_bias = _gru_backward(
+            grad_x_proj, grad_h0, grad_weight, grad_bias = run(
                 grad_out, grad_h, weight_hh, valid, saved, ctx.option, norms)
         else:
-            grad_x_proj, grad_h0, grad_rows, inputs = _rnn_backward(
+            grad_x_proj, grad_h0, grad_rows, inputs = run(
                 grad_out, grad_h, weight_hh, valid, saved, ctx.option, norms)
             grad_weight = _outer_sum(grad_rows, inputs)
         if not ctx.has_bias:

@@ -1,0 +1,660 @@
+// The time loop of seqlab.nn.scan, compiled: the same recurrences and the same hand-written
+// backward pass as the Python loop in scan.py, which stays the readable reference.
+//
+// Each step is one matrix product into a preallocated buffer (two for the GRU with the reset
+// gate before W_hn) and one plain loop over the batch and the units that does all the gate
+// arithmetic. Tensors are time-major and contiguous: x_proj (L, N, G*H), states (N, H),
+// valid (L, N, 1) bool or absent. A step outside a sequence's length emits zeros and keeps
+// the previous state; in the backward pass it passes the state gradient through unchanged.
+// Sums over steps (weight, bias and peephole gradients) are left to the Python side.
+//
+// The loops over units are written so that the compiler can vectorise them: float32 uses the
+// exp and tanh below (a few units in the last place, no library call); float64 uses std::exp
+// and std::tanh, so that gradcheck sees the exact functions.
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+// ---------------------------------------------------------------- element-wise functions
+
+// e^x for float: x = n ln2 + r with |r| <= ln2 / 2, e^r by a polynomial, 2^n by the exponent bits.
+inline float exp_approx(float x) {
+  x = std::min(std::max(x, -87.3f), 88.3f);  // keeps 2^n a normal float; NaN passes through
+  const float shift = 12582912.0f;            // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504088896341f + shift) - shift;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln2 split in two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// tanh for float: an odd polynomial near zero, 1 - 2 / (e^{2|x|} + 1) elsewhere.
+inline float tanh_approx(float x) {
+  const float a = std::abs(x);
+  const float z = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  const float small = p * z * x + x;
+  const float large = std::copysign(1.0f - 2.0f / (exp_approx(2.0f * a) + 1.0f), x);
+  return a < 0.625f ? small : large;
+}
+
+template <typename T>
+inline T exp_(T x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return exp_approx(x);
+  } else {
+    return std::exp(x);
+  }
+}
+
+template <typename T>
+inline T tanh_(T x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return tanh_approx(x);
+  } else {
+    return std::tanh(x);
+  }
+}
+
+template <typename T>
+inline T sigmoid_(T x) {
+  return T(1) / (T(1) + exp_(-x));
+}
+
+// ---------------------------------------------------------------- shared helpers
+
+// Whether step t of sequence n lies inside its length.
+struct Mask {
+  const bool* data;
+  int64_t batch;
+  bool operator()(int64_t t, int64_t n) const { return data == nullptr || data[t * batch + n]; }
+};
+
+// Makes `valid` contiguous in place, so that the mask can read it.
+Mask make_mask(std::optional<Tensor>& valid, int64_t batch) {
+  if (!valid.has_value()) return {nullptr, batch};
+  TORCH_CHECK(valid->scalar_type() == at::kBool, "scan: valid must be a bool tensor");
+  valid = valid->contiguous();
+  return {valid->data_ptr<bool>(), batch};
+}
+
+void check_inputs(const Tensor& x_proj, const Tensor& h0) {
+  TORCH_CHECK(x_proj.device().is_cpu(), "scan: the compiled loop runs on the CPU only");
+  TORCH_CHECK(x_proj.dim() == 3 && h0.dim() == 2 && x_proj.size(1) == h0.size(0),
+              "scan: expected x_proj (L, N, G*H) and a state (N, H)");
+}
+
+// Copy the rows of `from` (N, H) that are inside their sequence at step t into `to`.
+template <typename T>
+void copy_valid_rows(const Mask& mask, int64_t t, const Tensor& from, Tensor& to) {
+  const int64_t batch = to.size(0), hidden = to.size(1);
+  const T* src = from.data_ptr<T>();
+  T* dst = to.data_ptr<T>();
+  for (int64_t n = 0; n < batch; ++n) {
+    if (mask(t, n)) std::memcpy(dst + n * hidden, src + n * hidden, hidden * sizeof(T));
+  }
+}
+
+// A row past its sequence's end after its step ran: it emits zeros and keeps the state.
+template <typename T>
+void keep_state(T* out, const T* prev, T* next, int64_t hidden) {
+  std::fill(out, out + hidden, T(0));
+  std::memcpy(next, prev, hidden * sizeof(T));
+}
+
+// Calls body(a, b) with two runtime flags turned into std::true_type / std::false_type.
+template <typename Body>
+void with_flags(bool a, bool b, Body&& body) {
+  if (a) {
+    b ? body(std::true_type{}, std::true_type{}) : body(std::true_type{}, std::false_type{});
+  } else {
+    b ? body(std::false_type{}, std::true_type{}) : body(std::false_type{}, std::false_type{});
+  }
+}
+
+// ---------------------------------------------------------------- RNN: h' = act(x_proj + W_hh h)
+
+template <typename T, bool kRelu>
+void rnn_forward_row(T* __restrict__ out, T* __restrict__ h_next, int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    const T h = kRelu ? std::max(out[j], T(0)) : tanh_(out[j]);  // out holds the pre-activation
+    out[j] = h;
+    h_next[j] = h;
+  }
+}
+
+// Returns outputs (zeros past each length), h_n and prevs (L, N, H), the state before each step.
+std::vector<Tensor> rnn_forward(Tensor x_proj, Tensor h0, Tensor weight_hh,
+                                std::optional<Tensor> valid, bool relu) {
+  check_inputs(x_proj, h0);
+  x_proj = x_proj.contiguous();
+  const int64_t length = x_proj.size(0), batch = h0.size(0), hidden = h0.size(1);
+  const Mask mask = make_mask(valid, batch);
+  Tensor outputs = at::empty_like(x_proj);
+  Tensor prevs = at::empty_like(x_proj);
+  Tensor h_n = at::empty_like(h0);
+  if (length == 0) return {outputs, h_n.copy_(h0), prevs};
+  prevs[0].copy_(h0);
+  Tensor weight_t = weight_hh.t();
+  AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "rnn_forward", [&] {
+    using T = scalar_t;
+    with_flags(relu, false, [&](auto relu_flag, auto) {
+      for (int64_t t = 0; t < length; ++t) {
+        Tensor out_t = outputs[t], prev_t = prevs[t];
+        at::addmm_out(out_t, x_proj[t], prev_t, weight_t);  // pre-activations
+        T* out = out_t.data_ptr<T>();
+        const T* h_prev = prev_t.data_ptr<T>();
+        T* h_next = (t + 1 < length ? prevs[t + 1] : h_n).data_ptr<T>();
+        for (int64_t n = 0; n < batch; ++n) {
+          const int64_t k = n * hidden;
+          rnn_forward_row<T, decltype(relu_flag)::value>(out + k, h_next + k, hidden);
+          if (!mask(t, n)) keep_state(out + k, h_prev + k, h_next + k, hidden);
+        }
+      }
+    });
+  });
+  return {outputs, h_n, prevs};
+}
+
+template <typename T, bool kRelu>
+void rnn_backward_row(T* __restrict__ grad_pre, const T* __restrict__ grad_out,
+                      const T* __restrict__ grad_state, const T* __restrict__ h, int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    // act'(pre) from the output: tanh' = 1 - h², relu' = [h > 0]
+    const T slope = kRelu ? T(h[j] > T(0)) : T(1) - h[j] * h[j];
+    grad_pre[j] = (grad_out[j] + grad_state[j]) * slope;
+  }
+}
+
+// Returns grad_x_proj (L, N, H) and grad_h0 (N, H).
+std::vector<Tensor> rnn_backward(Tensor grad_out, Tensor grad_h, Tensor weight_hh,
+                                 std::optional<Tensor> valid, Tensor outputs, bool relu) {
+  grad_out = grad_out.contiguous();
+  grad_h = grad_h.contiguous().clone();
+  const int64_t length = outputs.size(0), batch = outputs.size(1), hidden = outputs.size(2);
+  const Mask mask = make_mask(valid, batch);
+  Tensor grad_x_proj = at::empty_like(outputs);
+  Tensor product = at::empty_like(grad_h);  // grad_pre W_hh, before the masked rows are kept
+  AT_DISPATCH_FLOATING_TYPES(outputs.scalar_type(), "rnn_backward", [&] {
+    using T = scalar_t;
+    with_flags(relu, false, [&](auto relu_flag, auto) {
+      const T* grad_state = grad_h.data_ptr<T>();
+      for (int64_t t = length - 1; t >= 0; --t) {
+        Tensor grad_pre_t = grad_x_proj[t];
+        T* grad_pre = grad_pre_t.data_ptr<T>();
+        const T* grad_o = grad_out[t].data_ptr<T>();
+        const T* h = outputs[t].data_ptr<T>();
+        for (int64_t n = 0; n < batch; ++n) {
+          const int64_t k = n * hidden;
+          if (mask(t, n)) {
+            rnn_backward_row<T, decltype(relu_flag)::value>(grad_pre + k, grad_o + k,
+                                                            grad_state + k, h + k, hidden);
+          } else {
+            std::fill(grad_pre + k, grad_pre + k + hidden, T(0));
+          }
+        }
+        if (mask.data == nullptr) {
+          at::mm_out(grad_h, grad_pre_t, weight_hh);
+        } else {
+          at::mm_out(product, grad_pre_t, weight_hh);
+          copy_valid_rows<T>(mask, t, product, grad_h);
+        }
+      }
+    });
+  });
+  return {grad_x_proj, grad_h};
+}
+
+// ---------------------------------------------------------------- LSTM
+// Gates per row: i, f, g, o (coupled: f, g, o, with i = 1 - f). Peepholes: weight_ch holds
+// w_ci, w_cf, w_co (coupled: w_cf, w_co); i and f look at c_{t-1}, o at c_t.
+
+// One row of the batch at one step: acts (G*H) holds the pre-activations and gets the
+// activations; the other pointers are (H) slices of the step's buffers.
+template <typename T, bool kCoupled, bool kPeephole>
+void lstm_forward_row(T* __restrict__ acts, const T* __restrict__ c_prev, T* __restrict__ c_new,
+                      T* __restrict__ tanh_c, T* __restrict__ out, T* __restrict__ h_next,
+                      T* __restrict__ c_next, const T* __restrict__ w_ch, int64_t hidden) {
+  T* __restrict__ i_gate = acts;
+  T* __restrict__ f_gate = acts + (kCoupled ? 0 : hidden);
+  T* __restrict__ g_gate = f_gate + hidden;
+  T* __restrict__ o_gate = g_gate + hidden;
+  const T* __restrict__ w_ci = w_ch;
+  const T* __restrict__ w_cf = kCoupled ? w_ch : w_ch + hidden;
+  const T* __restrict__ w_co = w_cf + hidden;
+  for (int64_t j = 0; j < hidden; ++j) {
+    const T c = c_prev[j];
+    T f_pre = f_gate[j];
+    if constexpr (kPeephole) f_pre += w_cf[j] * c;
+    const T f = sigmoid_(f_pre);
+    const T g = tanh_(g_gate[j]);
+    T cell;
+    if constexpr (kCoupled) {
+      cell = g + f * (c - g);  // f c + (1 - f) g
+    } else {
+      T i_pre = i_gate[j];
+      if constexpr (kPeephole) i_pre += w_ci[j] * c;
+      const T i = sigmoid_(i_pre);
+      i_gate[j] = i;
+      cell = f * c + i * g;
+    }
+    T o_pre = o_gate[j];
+    if constexpr (kPeephole) o_pre += w_co[j] * cell;
+    const T o = sigmoid_(o_pre);
+    const T tc = tanh_(cell);
+    const T h = o * tc;
+    f_gate[j] = f;
+    g_gate[j] = g;
+    o_gate[j] = o;
+    c_new[j] = cell;
+    tanh_c[j] = tc;
+    out[j] = h;
+    h_next[j] = h;
+    c_next[j] = cell;
+  }
+}
+
+// Returns outputs, h_n, c_n and what the backward pass needs: acts (the gate activations),
+// c_prevs, c_news, tanh(c_news), h_prevs, each (L, N, ·).
+std::vector<Tensor> lstm_forward(Tensor x_proj, Tensor h0, Tensor c0, Tensor weight_hh,
+                                 std::optional<Tensor> weight_ch, std::optional<Tensor> valid,
+                                 bool coupled) {
+  check_inputs(x_proj, h0);
+  x_proj = x_proj.contiguous();
+  const int64_t length = x_proj.size(0), batch = h0.size(0), hidden = h0.size(1);
+  const int64_t gates = coupled ? 3 : 4;
+  const Mask mask = make_mask(valid, batch);
+  Tensor acts = at::empty_like(x_proj);
+  Tensor outputs = at::empty({length, batch, hidden}, x_proj.options());
+  Tensor h_prevs = at::empty_like(outputs), c_prevs = at::empty_like(outputs);
+  Tensor c_news = at::empty_like(outputs), tanh_cs = at::empty_like(outputs);
+  Tensor h_n = at::empty_like(h0), c_n = at::empty_like(c0);
+  if (length == 0) {
+    return {outputs, h_n.copy_(h0), c_n.copy_(c0), acts, c_prevs, c_news, tanh_cs, h_prevs};
+  }
+  h_prevs[0].copy_(h0);
+  c_prevs[0].copy_(c0);
+  Tensor w_ch = weight_ch.has_value() ? weight_ch->contiguous() : Tensor();
+  Tensor weight_t = weight_hh.t();
+  AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "lstm_forward", [&] {
+    using T = scalar_t;
+    const T* w = w_ch.defined() ? w_ch.data_ptr<T>() : nullptr;
+    with_flags(coupled, w != nullptr, [&](auto coupled_flag, auto peephole_flag) {
+      for (int64_t t = 0; t < length; ++t) {
+        Tensor acts_t = acts[t], h_prev_t = h_prevs[t];
+        at::addmm_out(acts_t, x_proj[t], h_prev_t, weight_t);  // (N, G*H) pre-activations
+        T* a = acts_t.data_ptr<T>();
+        const T* h_prev = h_prev_t.data_ptr<T>();
+        const T* c_prev = c_prevs[t].data_ptr<T>();
+        T* c_new = c_news[t].data_ptr<T>();
+        T* tanh_c = tanh_cs[t].data_ptr<T>();
+        T* out = outputs[t].data_ptr<T>();
+        T* h_next = (t + 1 < length ? h_prevs[t + 1] : h_n).data_ptr<T>();
+        T* c_next = (t + 1 < length ? c_prevs[t + 1] : c_n).data_ptr<T>();
+        for (int64_t n = 0; n < batch; ++n) {
+          const int64_t k = n * hidden;
+          lstm_forward_row<T, decltype(coupled_flag)::value, decltype(peephole_flag)::value>(
+              a + n * gates * hidden, c_prev + k, c_new + k, tanh_c + k, out + k, h_next + k,
+              c_next + k, w, hidden);
+          if (!mask(t, n)) {
+            keep_state(out + k, h_prev + k, h_next + k, hidden);
+            std::memcpy(c_next + k, c_prev + k, hidden * sizeof(T));
+          }
+        }
+      }
+    });
+  });
+  return {outputs, h_n, c_n, acts, c_prevs, c_news, tanh_cs, h_prevs};
+}
+
+template <typename T, bool kCoupled, bool kPeephole>
+void lstm_backward_row(T* __restrict__ grad_row, const T* __restrict__ row,
+                       const T* __restrict__ c_prev, const T* __restrict__ tanh_c,
+                       const T* __restrict__ grad_out, const T* __restrict__ grad_state,
+                       T* __restrict__ grad_cell, const T* __restrict__ w_ch, int64_t hidden) {
+  const int64_t f_at = kCoupled ? 0 : hidden, g_at = f_at + hidden, o_at = g_at + hidden;
+  const T* __restrict__ w_ci = w_ch;
+  const T* __restrict__ w_cf = kCoupled ? w_ch : w_ch + hidden;
+  const T* __restrict__ w_co = w_cf + hidden;
+  for (int64_t j = 0; j < hidden; ++j) {
+    const T grad_h_new = grad_out[j] + grad_state[j];  // everything that reaches h_t
+    const T f = row[f_at + j], g = row[g_at + j], o = row[o_at + j];
+    const T tc = tanh_c[j], c = c_prev[j];
+    const T grad_o_pre = grad_h_new * (tc * o * (T(1) - o));
+    T grad_c_new = grad_cell[j] + grad_h_new * (o * (T(1) - tc * tc));
+    if constexpr (kPeephole) grad_c_new += grad_o_pre * w_co[j];
+    T grad_c_prev = grad_c_new * f;
+    if constexpr (kCoupled) {
+      const T grad_f_pre = grad_c_new * ((c - g) * f * (T(1) - f));
+      grad_row[f_at + j] = grad_f_pre;
+      grad_row[g_at + j] = grad_c_new * ((T(1) - f) * (T(1) - g * g));
+      if constexpr (kPeephole) grad_c_prev += grad_f_pre * w_cf[j];
+    } else {
+      const T i = row[j];
+      const T grad_i_pre = grad_c_new * (g * i * (T(1) - i));
+      const T grad_f_pre = grad_c_new * (c * f * (T(1) - f));
+      grad_row[j] = grad_i_pre;
+      grad_row[f_at + j] = grad_f_pre;
+      grad_row[g_at + j] = grad_c_new * (i * (T(1) - g * g));
+      if constexpr (kPeephole) grad_c_prev += grad_i_pre * w_ci[j] + grad_f_pre * w_cf[j];
+    }
+    grad_row[o_at + j] = grad_o_pre;
+    grad_cell[j] = grad_c_prev;  // the gates that peeped at c send gradient back to it
+  }
+}
+
+// Returns grad_gates (L, N, G*H), the gradient of the gate pre-activations (and so of x_proj),
+// grad_h0 and grad_c0.
+std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_h, Tensor grad_c, Tensor weight_hh,
+                                  std::optional<Tensor> weight_ch, std::optional<Tensor> valid,
+                                  Tensor acts, Tensor c_prevs, Tensor tanh_cs, bool coupled) {
+  grad_out = grad_out.contiguous();
+  grad_h = grad_h.contiguous().clone();
+  grad_c = grad_c.contiguous().clone();
+  const int64_t length = acts.size(0), batch = grad_h.size(0), hidden = grad_h.size(1);
+  const int64_t gates = coupled ? 3 : 4;
+  const Mask mask = make_mask(valid, batch);
+  Tensor grad_gates = at::empty_like(acts);
+  Tensor product = at::empty_like(grad_h);
+  Tensor w_ch = weight_ch.has_value() ? weight_ch->contiguous() : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
+    using T = scalar_t;
+    const T* w = w_ch.defined() ? w_ch.data_ptr<T>() : nullptr;
+    with_flags(coupled, w != nullptr, [&](auto coupled_flag, auto peephole_flag) {
+      const T* grad_state = grad_h.data_ptr<T>();
+      T* grad_cell = grad_c.data_ptr<T>();
+      for (int64_t t = length - 1; t >= 0; --t) {
+        Tensor grad_gates_t = grad_gates[t];
+        T* grad_rows = grad_gates_t.data_ptr<T>();
+        const T* a = acts[t].data_ptr<T>();
+        const T* c_prev = c_prevs[t].data_ptr<T>();
+        const T* tanh_c = tanh_cs[t].data_ptr<T>();
+        const T* grad_o = grad_out[t].data_ptr<T>();
+        for (int64_t n = 0; n < batch; ++n) {
+          const int64_t k = n * hidden, r = n * gates * hidden;
+          if (mask(t, n)) {
+            lstm_backward_row<T, decltype(coupled_flag)::value, decltype(peephole_flag)::value>(
+                grad_rows + r, a + r, c_prev + k, tanh_c + k, grad_o + k, grad_state + k,
+                grad_cell + k, w, hidden);
+          } else {  // past the end: no gradient for the gates, the state's passes through
+            std::fill(grad_rows + r, grad_rows + r + gates * hidden, T(0));
+          }
+        }
+        if (mask.data == nullptr) {
+          at::mm_out(grad_h, grad_gates_t, weight_hh);
+        } else {
+          at::mm_out(product, grad_gates_t, weight_hh);
+          copy_valid_rows<T>(mask, t, product, grad_h);
+        }
+      }
+    });
+  });
+  return {grad_gates, grad_h, grad_c};
+}
+
+// ---------------------------------------------------------------- GRU
+// Gates per row: r, z, n. reset_after: n = tanh(x_n + r (W_hn h + b_hn)); otherwise
+// n = tanh(x_n + W_hn (r h) + b_hn). Both: h' = (1 - z) n + z h.
+
+// reset_after: r, z, n from x_proj and the hidden side W_hh h + b_hh, then the new state.
+template <typename T>
+void gru_forward_row_after(const T* __restrict__ x, const T* __restrict__ side,
+                           T* __restrict__ act, T* __restrict__ saved_n,
+                           const T* __restrict__ h_prev, T* __restrict__ out,
+                           T* __restrict__ h_next, int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    const T r = sigmoid_(x[j] + side[j]);
+    const T z = sigmoid_(x[hidden + j] + side[hidden + j]);
+    const T side_n = side[2 * hidden + j];
+    const T gate_n = tanh_(x[2 * hidden + j] + r * side_n);
+    const T h = gate_n + z * (h_prev[j] - gate_n);  // (1 - z) n + z h
+    act[j] = r;
+    act[hidden + j] = z;
+    act[2 * hidden + j] = gate_n;
+    saved_n[j] = side_n;
+    out[j] = h;
+    h_next[j] = h;
+  }
+}
+
+// reset before, first half: r, z from x_proj and W_hrz h + b_hrz, and r h for W_hn.
+template <typename T>
+void gru_forward_row_gates(const T* __restrict__ x, const T* __restrict__ side,
+                           T* __restrict__ act, T* __restrict__ reset_h,
+                           const T* __restrict__ h_prev, int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    const T r = sigmoid_(x[j] + side[j]);
+    act[j] = r;
+    act[hidden + j] = sigmoid_(x[hidden + j] + side[hidden + j]);
+    reset_h[j] = r * h_prev[j];
+  }
+}
+
+// reset before, second half: n from x_proj and W_hn (r h) + b_hn, then the new state.
+template <typename T>
+void gru_forward_row_new(const T* __restrict__ x, const T* __restrict__ side_n,
+                         T* __restrict__ act, const T* __restrict__ h_prev, T* __restrict__ out,
+                         T* __restrict__ h_next, int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    const T z = act[hidden + j];
+    const T gate_n = tanh_(x[2 * hidden + j] + side_n[j]);
+    const T h = gate_n + z * (h_prev[j] - gate_n);
+    act[2 * hidden + j] = gate_n;
+    out[j] = h;
+    h_next[j] = h;
+  }
+}
+
+// out = a b (+ bias), into a preallocated buffer.
+void product_out(Tensor& out, const std::optional<Tensor>& bias, const Tensor& a,
+                 const Tensor& b) {
+  if (bias.has_value()) {
+    at::addmm_out(out, *bias, a, b);
+  } else {
+    at::mm_out(out, a, b);
+  }
+}
+
+// Returns outputs, h_n and what the backward pass needs: acts (r, z, n), h_prevs and hidden_n,
+// what r multiplies (reset_after: W_hn h + b_hn) or what W_hn multiplies (r h).
+std::vector<Tensor> gru_forward(Tensor x_proj, Tensor h0, Tensor weight_hh,
+                                std::optional<Tensor> bias_hh, std::optional<Tensor> valid,
+                                bool reset_after) {
+  check_inputs(x_proj, h0);
+  x_proj = x_proj.contiguous();
+  const int64_t length = x_proj.size(0), batch = h0.size(0), hidden = h0.size(1);
+  const Mask mask = make_mask(valid, batch);
+  Tensor acts = at::empty_like(x_proj);
+  Tensor outputs = at::empty({length, batch, hidden}, x_proj.options());
+  Tensor h_prevs = at::empty_like(outputs), hidden_n = at::empty_like(outputs);
+  Tensor h_n = at::empty_like(h0);
+  if (length == 0) return {outputs, h_n.copy_(h0), acts, h_prevs, hidden_n};
+  h_prevs[0].copy_(h0);
+  Tensor w_t = weight_hh.t();  // (H, 3H)
+  Tensor w_rz = w_t.narrow(1, 0, 2 * hidden), w_n = w_t.narrow(1, 2 * hidden, hidden);
+  std::optional<Tensor> b_rz, b_n;
+  if (bias_hh.has_value()) {
+    b_rz = bias_hh->narrow(0, 0, 2 * hidden);
+    b_n = bias_hh->narrow(0, 2 * hidden, hidden);
+  }
+  // the hidden side of a step: W_hh h + b_hh (reset_after) or W_hrz h + b_hrz, then W_hn (r h)
+  const int64_t side_width = reset_after ? 3 * hidden : 2 * hidden;
+  Tensor side = at::empty({batch, side_width}, x_proj.options());
+  Tensor side_n = at::empty({batch, hidden}, x_proj.options());
+  AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "gru_forward", [&] {
+    using T = scalar_t;
+    const T* s = side.data_ptr<T>();
+    const T* s_n = side_n.data_ptr<T>();
+    for (int64_t t = 0; t < length; ++t) {
+      Tensor h_prev_t = h_prevs[t], hidden_n_t = hidden_n[t];
+      const T* h_prev = h_prev_t.data_ptr<T>();
+      const T* x = x_proj[t].data_ptr<T>();
+      T* a = acts[t].data_ptr<T>();
+      T* saved_n = hidden_n_t.data_ptr<T>();
+      T* out = outputs[t].data_ptr<T>();
+      T* h_next = (t + 1 < length ? h_prevs[t + 1] : h_n).data_ptr<T>();
+      if (reset_after) {
+        product_out(side, bias_hh, h_prev_t, w_t);
+        for (int64_t n = 0; n < batch; ++n) {
+          const int64_t k = n * hidden, r = 3 * k;
+          gru_forward_row_after<T>(x + r, s + n * side_width, a + r, saved_n + k, h_prev + k,
+                                   out + k, h_next + k, hidden);
+          if (!mask(t, n)) keep_state(out + k, h_prev + k, h_next + k, hidden);
+        }
+      } else {
+        product_out(side, b_rz, h_prev_t, w_rz);
+        for (int64_t n = 0; n < batch; ++n) {
+          const int64_t k = n * hidden, r = 3 * k;
+          gru_forward_row_gates<T>(x + r, s + n * side_width, a + r, saved_n + k, h_prev + k,
+                                   hidden);
+        }
+        product_out(side_n, b_n, hidden_n_t, w_n);
+        for (int64_t n = 0; n < batch; ++n) {
+          const int64_t k = n * hidden, r = 3 * k;
+          gru_forward_row_new<T>(x + r, s_n + k, a + r, h_prev + k, out + k, h_next + k, hidden);
+          if (!mask(t, n)) keep_state(out + k, h_prev + k, h_next + k, hidden);
+        }
+      }
+    }
+  });
+  return {outputs, h_n, acts, h_prevs, hidden_n};
+}
+
+// The gradients of a step's gate pre-activations that need no matrix product: z and n, and for
+// reset_after also r, what the hidden side gets and grad * z toward h_{t-1}.
+template <typename T, bool kResetAfter>
+void gru_backward_row(const T* __restrict__ act, const T* __restrict__ h_prev,
+                      const T* __restrict__ saved_n, const T* __restrict__ grad_out,
+                      const T* __restrict__ grad_state, T* __restrict__ grad_new,
+                      T* __restrict__ grad_hidden, T* __restrict__ grad_x,
+                      T* __restrict__ grad_prev, int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    const T r = act[j], z = act[hidden + j], gate_n = act[2 * hidden + j];
+    const T grad = grad_out[j] + grad_state[j];  // everything that reaches h_t
+    const T grad_n_pre = grad * ((T(1) - z) * (T(1) - gate_n * gate_n));
+    const T grad_z_pre = grad * ((h_prev[j] - gate_n) * z * (T(1) - z));
+    grad_hidden[hidden + j] = grad_z_pre;
+    if constexpr (kResetAfter) {
+      const T grad_r_pre = grad_n_pre * (saved_n[j] * r * (T(1) - r));
+      grad_hidden[j] = grad_r_pre;
+      grad_hidden[2 * hidden + j] = grad_n_pre * r;
+      grad_x[j] = grad_r_pre;
+      grad_x[hidden + j] = grad_z_pre;
+      grad_x[2 * hidden + j] = grad_n_pre;
+      grad_prev[j] = grad * z;
+    } else {  // grad_x is grad_hidden: r is filled in after the product with W_hn
+      grad_hidden[2 * hidden + j] = grad_n_pre;
+      grad_new[j] = grad;
+    }
+  }
+}
+
+// reset before, after grad_reset_h = grad_n_pre W_hn: the gradient of r and toward h_{t-1}.
+template <typename T>
+void gru_backward_row_reset(const T* __restrict__ act, const T* __restrict__ h_prev,
+                            const T* __restrict__ grad_new, const T* __restrict__ grad_reset_h,
+                            T* __restrict__ grad_hidden, T* __restrict__ grad_prev,
+                            int64_t hidden) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    const T r = act[j], z = act[hidden + j];
+    grad_hidden[j] = grad_reset_h[j] * (h_prev[j] * r * (T(1) - r));
+    grad_prev[j] = grad_new[j] * z + grad_reset_h[j] * r;
+  }
+}
+
+// Returns grad_x_proj (L, N, 3H), grad_h0 and grad_hidden (L, N, 3H), the gradient of the
+// hidden-side products: W_hh h + b_hh (reset_after) or [W_hrz h + b_hrz; W_hn (r h) + b_hn].
+std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_h, Tensor weight_hh,
+                                 std::optional<Tensor> valid, Tensor acts, Tensor h_prevs,
+                                 Tensor hidden_n, bool reset_after) {
+  grad_out = grad_out.contiguous();
+  grad_h = grad_h.contiguous().clone();
+  const int64_t length = acts.size(0), batch = grad_h.size(0), hidden = grad_h.size(1);
+  const Mask mask = make_mask(valid, batch);
+  Tensor grad_hidden = at::empty_like(acts);
+  // reset before: the hidden side's gradient is x_proj's (both are pre-activation gradients)
+  Tensor grad_x_proj = reset_after ? at::empty_like(acts) : grad_hidden;
+  Tensor w_rz = weight_hh.narrow(0, 0, 2 * hidden), w_n = weight_hh.narrow(0, 2 * hidden, hidden);
+  Tensor grad_new = at::zeros_like(grad_h);      // what reaches h_t (reset before)
+  Tensor grad_reset_h = at::zeros_like(grad_h);  // gradient of r h (reset before)
+  Tensor grad_prev = at::zeros_like(grad_h);     // toward h_{t-1}, before the masked rows are kept
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "gru_backward", [&] {
+    using T = scalar_t;
+    with_flags(reset_after, false, [&](auto after_flag, auto) {
+      constexpr bool kResetAfter = decltype(after_flag)::value;
+      const T* grad_state = grad_h.data_ptr<T>();
+      T* g_new = grad_new.data_ptr<T>();
+      T* g_prev = grad_prev.data_ptr<T>();
+      const T* g_reset = grad_reset_h.data_ptr<T>();
+      for (int64_t t = length - 1; t >= 0; --t) {
+        Tensor grad_hidden_t = grad_hidden[t];
+        T* gh = grad_hidden_t.data_ptr<T>();
+        T* gx = grad_x_proj[t].data_ptr<T>();
+        const T* a = acts[t].data_ptr<T>();
+        const T* h_prev = h_prevs[t].data_ptr<T>();
+        const T* saved_n = hidden_n[t].data_ptr<T>();
+        const T* grad_o = grad_out[t].data_ptr<T>();
+        for (int64_t n = 0; n < batch; ++n) {
+          const int64_t k = n * hidden, r = 3 * k;
+          if (mask(t, n)) {
+            gru_backward_row<T, kResetAfter>(a + r, h_prev + k, saved_n + k, grad_o + k,
+                                             grad_state + k, g_new + k, gh + r, gx + r,
+                                             g_prev + k, hidden);
+          } else {  // past the end: no gradient for the gates, the state's passes through
+            std::fill(gh + r, gh + r + 3 * hidden, T(0));
+            if constexpr (kResetAfter) std::fill(gx + r, gx + r + 3 * hidden, T(0));
+            std::fill(g_new + k, g_new + k + hidden, T(0));
+          }
+        }
+        if constexpr (kResetAfter) {
+          grad_prev.addmm_(grad_hidden_t, weight_hh);
+        } else {
+          at::mm_out(grad_reset_h, grad_hidden_t.narrow(1, 2 * hidden, hidden), w_n);
+          for (int64_t n = 0; n < batch; ++n) {
+            const int64_t k = n * hidden, r = 3 * k;
+            gru_backward_row_reset<T>(a + r, h_prev + k, g_new + k, g_reset + k, gh + r,
+                                      g_prev + k, hidden);
+          }
+          grad_prev.addmm_(grad_hidden_t.narrow(1, 0, 2 * hidden), w_rz);
+        }
+        copy_valid_rows<T>(mask, t, grad_prev, grad_h);
+      }
+    });
+  });
+  return {grad_x_proj, grad_h, grad_hidden};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(seqlab_scan, m) {
+  m.def("rnn_forward", &rnn_forward);
+  m.def("rnn_backward", &rnn_backward);
+  m.def("lstm_forward", &lstm_forward);
+  m.def("lstm_backward", &lstm_backward);
+  m.def("gru_forward", &gru_forward);
+  m.def("gru_backward", &gru_backward);
+}
