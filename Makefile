@@ -7,6 +7,7 @@ PIP := $(PYTHON) -m pip
 install:
 	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q "torch>=2.2,<3"
 	$(PIP) install -q -e ".[dev,hf]"
+	-$(PYTHON) -c "from seqlab.nn.scan import build_compiled; build_compiled()"
 
 test: install
 	$(PYTHON) -m pytest -q
