@@ -38,6 +38,7 @@ Tests compare every cell's gradients with autograd through :mod:`seqlab.nn.cells
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import warnings
 from contextlib import contextmanager
@@ -366,6 +367,9 @@ def _load_extension(verbose: bool = False):
     On a CPU with AVX2 the loops over units use it; the build then carries another name, so a
     cache shared with an older CPU never hands it an instruction set it lacks.
     """
+    compiler = os.environ.get("CXX", "c++")  # what torch.utils.cpp_extension calls
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler: {compiler!r} is not on the PATH")
     from torch.utils.cpp_extension import load
 
     # -fno-trapping-math lets the compiler vectorise the gate loops' comparisons
@@ -377,6 +381,14 @@ def _load_extension(verbose: bool = False):
     load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, with_cuda=False,
          is_python_module=False, verbose=verbose)
     return torch.ops.seqlab_scan
+
+
+def _short_reason(error: Exception) -> str:
+    """The line of a build failure that says what went wrong: the compiler's error, if any."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    telling = [line for line in lines if "error:" in line.lower() or "not found" in line.lower()]
+    line = (telling or lines or [repr(error)])[0]
+    return f"{type(error).__name__}: {line[:300]}"
 
 
 def build_compiled(verbose: bool = False) -> bool:
@@ -392,8 +404,7 @@ def build_compiled(verbose: bool = False) -> bool:
             try:
                 _kernel = _load_extension(verbose)
             except Exception as error:  # noqa: BLE001 (any failure: the Python loop runs)
-                lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-                _build_error = f"{type(error).__name__}: {lines[0] if lines else error!r}"
+                _build_error = _short_reason(error)
                 warnings.warn(f"seqlab: the compiled time loop could not be built ({_build_error});"
                               f" recurrent variants run the Python loop. Set {SWITCH}=0 to skip "
                               "the build.", RuntimeWarning, stacklevel=2)
