@@ -212,3 +212,22 @@ def test_language_model_evaluation_equals_one_pass_over_each_row():
     assert metrics["loss"] == pytest.approx(float(expected), rel=1e-5)
     assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]))
     assert metrics["bits_per_token"] == pytest.approx(metrics["loss"] / math.log(2))
+
+
+def test_transformer_lm_reads_shuffled_blocks_once_per_epoch():
+    task = build_task(load_config("gpt-charlm", ["data.max_chars=3000", "data.bptt=8"]))
+    task.prepare()
+    stream = task.streams["train"]
+    keys = task.train_batches(epoch=0, batch_size=4)
+    starts = sorted(start for key in keys for start in key)
+    # Blocks of bptt + 1 tokens every bptt tokens from the epoch's offset: each token once.
+    assert starts == list(range(starts[0], stream.numel() - 8, 8)) and starts[0] < 8
+    assert [start for key in keys for start in key] != starts  # shuffled
+    batch = task.collate(keys[0])
+    first = keys[0][0]
+    assert torch.equal(batch["inputs"][0], stream[first:first + 8])
+    assert torch.equal(batch["targets"][0], stream[first + 1:first + 9])
+    assert task.train_batches(epoch=0, batch_size=4) == keys
+    assert task.train_batches(epoch=1, batch_size=4) != keys
+    ranks = [task.train_batches(0, 4, rank, 2) for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) and not set(map(tuple, ranks[0])) & set(map(tuple, ranks[1]))

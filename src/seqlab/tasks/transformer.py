@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 
 from seqlab.tasks import register_task
+from seqlab.tasks.base import shard_batches
 from seqlab.tasks.classify import ClassifyTask
 from seqlab.tasks.language_model import LanguageModelTask
 from seqlab.tasks.translate import TranslateTask
@@ -59,9 +61,38 @@ class TranslateTransformerModel(TransformerModel):
 
 @register_task
 class TransformerLMTask(LanguageModelTask):
+    """The `lm` task with a GPT; training reads shuffled blocks instead of carried rows.
+
+    A Transformer carries no state from one batch to the next, so nothing needs the rows of
+    the recurrent layout. Each epoch the training stream is cut into blocks of `data.bptt` + 1
+    tokens (the inputs and their next tokens) from a seeded offset, and the blocks are shuffled
+    by (seed, epoch): every step sees `batch_size` blocks from all over the text, and every
+    token is read once per epoch. Consecutive batches are then independent, which optimises
+    better than walking the same rows forward. Evaluation is the `lm` task's.
+    """
+
     name = "lm-transformer"
     summary = "decoder-only Transformer language model (GPT layout) on plain text"
     ModelConfig = GPTModel
+
+    def train_batches(self, epoch, batch_size, rank=0, world_size=1):
+        bptt = self.data.bptt
+        stream = self.streams["train"]
+        rng = np.random.default_rng([self.seed, epoch])
+        offset = int(rng.integers(0, bptt)) if stream.numel() > 3 * bptt else 0
+        starts = np.arange(offset, stream.numel() - bptt, bptt)  # each has bptt + 1 tokens
+        if starts.size == 0:
+            starts = np.array([0])  # a text shorter than one block: the block is all of it
+        starts = starts[rng.permutation(starts.size)].tolist()
+        batches = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
+        return shard_batches(batches, rank, world_size)
+
+    def collate(self, key):
+        stream = self.streams["train"]
+        length = min(self.data.bptt, stream.numel() - 1)
+        index = torch.tensor(key)[:, None] + torch.arange(length + 1)  # (B, bptt + 1)
+        blocks = stream[index]
+        return {"inputs": blocks[:, :-1], "targets": blocks[:, 1:]}
 
     def build_model(self) -> torch.nn.Module:
         from seqlab.models import TransformerLM
