@@ -100,3 +100,25 @@ def test_adam_betas_reach_the_optimizer():
     assert float(p) == pytest.approx(-1.0, rel=1e-6)
     assert optimizer.state[p]["exp_avg"].item() == pytest.approx((1 - 0.8) * 2.0)
     assert optimizer.state[p]["exp_avg_sq"].item() == pytest.approx((1 - 0.9) * 4.0)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_fused_adam_takes_the_same_steps_as_the_loop(name):
+    torch.manual_seed(0)
+    weights = [torch.randn(4, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+    ours = [torch.nn.Parameter(w.clone()) for w in weights]
+    plain = [torch.nn.Parameter(w.clone()) for w in weights]
+    optimizer = build_optimizer(ours, name, lr=0.01, weight_decay=0.1, betas=(0.8, 0.95))
+    assert optimizer.defaults["fused"]
+    reference = getattr(torch.optim, "Adam" if name == "adam" else "AdamW")(
+        [{"params": plain[:1]}, {"params": plain[1:], "weight_decay": 0.0}],
+        lr=0.01, weight_decay=0.1, betas=(0.8, 0.95), foreach=False,
+    )
+    for step in range(5):
+        grads = [torch.randn_like(w) for w in weights]
+        for p, q, g in zip(ours, plain, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        optimizer.step()
+        reference.step()
+    for p, q in zip(ours, plain):
+        assert torch.allclose(p, q, rtol=1e-12, atol=1e-14)

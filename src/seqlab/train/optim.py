@@ -32,6 +32,8 @@ def build_optimizer(
     Weight decay applies to weight matrices and embeddings (parameters with two or more
     dimensions) and not to biases or normalisation gains, whose decay would only pull a layer's
     offset or scale towards zero (as in BERT and GPT-2 training). `betas` are Adam's (β1, β2).
+    Adam and AdamW run torch's fused kernel (one pass over all parameters, the same update to
+    rounding) when every parameter is a floating-point tensor on the CPU or a CUDA device.
     """
     parameters = [p for p in parameters if p.requires_grad]
     groups = [
@@ -41,10 +43,13 @@ def build_optimizer(
     groups = [group for group in groups if group["params"]] if weight_decay > 0 else parameters
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    fused = bool(parameters) and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters
+    )
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+        return torch.optim.Adam(groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
     if name == "rmsprop":
         return torch.optim.RMSprop(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"optimizer={name!r} is not one of: sgd, adam, adamw, rmsprop")
