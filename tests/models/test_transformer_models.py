@@ -72,15 +72,17 @@ def test_lm_loss_and_attentions():
         model(torch.zeros(1, 65, dtype=torch.long))
 
 
-def test_lm_initialisation_is_gpt2s():
+def test_lm_initialisation():
     torch.manual_seed(0)
     lm = TransformerLM(vocab_size=500, d_model=256, nhead=4, num_layers=8, bias=False)
     block = lm.blocks.layers[3]
-    # N(0, 0.02) everywhere, the two projections into the residual stream N(0, 0.02 / sqrt(2 L)).
-    assert float(block.self_attn.in_proj_weight.std()) == pytest.approx(0.02, rel=0.03)
-    assert float(block.linear1.weight.std()) == pytest.approx(0.02, rel=0.03)
-    for weight in (block.self_attn.out_proj.weight, block.linear2.weight):
-        assert float(weight.std()) == pytest.approx(0.02 / 4, rel=0.03)
+    # N(0, 0.02) for linear layers and embeddings; q/k/v Xavier-uniform: U(±sqrt(6 / (E + 3E))).
+    for weight in (block.linear1.weight, block.linear2.weight, block.self_attn.out_proj.weight,
+                   lm.embedding.token.weight):
+        assert float(weight.std()) == pytest.approx(0.02, rel=0.03)
+    bound = (6 / (256 + 3 * 256)) ** 0.5
+    in_proj = block.self_attn.in_proj_weight
+    assert float(in_proj.abs().max()) <= bound and float(in_proj.std()) == pytest.approx(bound / 3**0.5, rel=0.03)
     assert not [name for name, _ in lm.named_parameters() if name.endswith("bias")]
 
 
