@@ -97,7 +97,7 @@ def test_adam_betas_reach_the_optimizer():
     p.grad = torch.tensor([2.0])
     optimizer.step()
     # First Adam step: m̂ = g, v̂ = g², so the update is lr · g / (|g| + eps) whatever the betas.
-    assert float(p) == pytest.approx(-1.0, rel=1e-6)
+    assert float(p.detach()) == pytest.approx(-1.0, rel=1e-6)
     assert optimizer.state[p]["exp_avg"].item() == pytest.approx((1 - 0.8) * 2.0)
     assert optimizer.state[p]["exp_avg_sq"].item() == pytest.approx((1 - 0.9) * 4.0)
 
