@@ -42,7 +42,7 @@ TINY_TRANSFORMER = ["model.d_model=8", "model.nhead=2", "model.num_layers=1",
 
 def recipe_overrides(name, tmp_path):
     if name == "gpt-charlm":
-        return TINY_TRANSFORMER + ["data.max_chars=2000", "data.bptt=8", "model.max_length=16",
+        return TINY_TRANSFORMER + ["data.max_chars=2000", "data.bptt=8", "model.max_length=8",
                                    "predict.num_samples=1", "predict.max_new_tokens=5"]
     if name == "bert-classify":
         return TINY_TRANSFORMER + [f"data.train={write_classification(tmp_path / 'train.csv')}",
@@ -231,3 +231,10 @@ def test_transformer_lm_reads_shuffled_blocks_once_per_epoch():
     assert task.train_batches(epoch=1, batch_size=4) != keys
     ranks = [task.train_batches(0, 4, rank, 2) for rank in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) and not set(map(tuple, ranks[0])) & set(map(tuple, ranks[1]))
+
+
+def test_transformer_lm_warns_about_positions_it_never_trains():
+    task = build_task(load_config("gpt-charlm", ["data.max_chars=3000", "data.bptt=8", "model.max_length=12"]))
+    task.prepare()
+    with pytest.warns(UserWarning, match="positions 8..11 are never trained.*model.max_length=8"):
+        task.build_model()

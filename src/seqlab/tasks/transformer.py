@@ -8,6 +8,7 @@ al. (:class:`~seqlab.models.TransformerSeq2Seq`), configured by the `model.*` ke
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -101,6 +102,14 @@ class TransformerLMTask(LanguageModelTask):
         if m.max_length < self.data.bptt:
             raise ValueError(
                 f"model.max_length={m.max_length} must be at least data.bptt={self.data.bptt}"
+            )
+        if m.max_length > self.data.bptt:
+            # Training never reads positions past bptt; generation would, once the text grows.
+            warnings.warn(
+                f"model.max_length={m.max_length} is more than data.bptt={self.data.bptt}: positions "
+                f"{self.data.bptt}..{m.max_length - 1} are never trained, and text generated past "
+                f"{self.data.bptt} tokens reads them; set model.max_length={self.data.bptt}",
+                UserWarning, stacklevel=2,
             )
         return TransformerLM(
             self.tokenizer.vocab_size, d_model=m.d_model, nhead=m.nhead, num_layers=m.num_layers,
