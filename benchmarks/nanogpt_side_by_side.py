@@ -98,7 +98,9 @@ def timed(command: list[str], cwd: Path, log: Path) -> float:
         done = subprocess.run(command, check=False, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        sys.exit(f"{' '.join(command[:3])} ... failed (exit {done.returncode}); see {log}")
+        # The log lives in a temporary directory that is removed on exit: show its end here.
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        sys.exit(f"{' '.join(command[:3])} ... failed (exit {done.returncode}); its last lines:\n{tail}")
     return seconds
 
 
