@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 # torch is pinned to the CPU build this machine type carries; a GPU machine can install its own first.
 install:
 	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q "torch>=2.2,<3"
-	$(PIP) install -q -e ".[dev,hf]"
+	$(PIP) install -q -e ".[dev,hf,serve,onnx]"
 	-$(PYTHON) -c "from seqlab.nn.scan import build_compiled; build_compiled()"
 
 test: install
