@@ -1,7 +1,8 @@
-"""Building blocks: recurrent cells and layers, attention, positional encodings, Transformer blocks."""
+"""Building blocks: recurrent cells and layers (classic and minimal), attention, positional encodings, Transformer blocks."""
 
 from seqlab.nn.attention import AdditiveAttention, DotAttention, GeneralAttention, masked_softmax
 from seqlab.nn.cells import GRUCell, LSTMCell, RNNCell
+from seqlab.nn.minimal import MinGRU, MinLSTM
 from seqlab.nn.multihead import MultiheadAttention, causal_mask, scaled_dot_product_attention
 from seqlab.nn.positional import (
     LearnedPositionalEmbedding,
@@ -26,6 +27,8 @@ __all__ = [
     "GeneralAttention",
     "LSTMCell",
     "LearnedPositionalEmbedding",
+    "MinGRU",
+    "MinLSTM",
     "MultiheadAttention",
     "RNNCell",
     "RotaryEmbedding",
