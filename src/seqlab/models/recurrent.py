@@ -1,14 +1,14 @@
-"""Build a batch-first recurrent layer (RNN / LSTM / GRU and their variants) from a cell name."""
+"""Build a batch-first recurrent layer (RNN / LSTM / GRU, their variants, minGRU / minLSTM) from a cell name."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from seqlab.nn import GRU, LSTM, RNN
+from seqlab.nn import GRU, LSTM, RNN, MinGRU, MinLSTM
 
 __all__ = ["CELLS", "check_cell", "recurrent_layer"]
 
-CELLS = ("rnn", "lstm", "gru")
+CELLS = ("rnn", "lstm", "gru", "mingru", "minlstm")
 
 # Options that only one kind of cell understands, with the value meaning "not used".
 _CELL_OPTIONS = {
@@ -44,7 +44,9 @@ def recurrent_layer(
 
     ``cell`` picks the layer: ``"rnn"`` -> :class:`seqlab.nn.RNN` (``nonlinearity``, ``init``),
     ``"lstm"`` -> :class:`seqlab.nn.LSTM` (``peephole``, ``coupled``), ``"gru"`` ->
-    :class:`seqlab.nn.GRU` (``reset_after``). Setting an option of another cell to anything but its
+    :class:`seqlab.nn.GRU` (``reset_after``), ``"mingru"`` / ``"minlstm"`` ->
+    :class:`seqlab.nn.MinGRU` / :class:`seqlab.nn.MinLSTM` (parallel scan in training, no cell
+    state: their final state is h_n alone). Setting an option of another cell to anything but its
     default is an error rather than silently ignored. ``dropout`` acts between stacked layers, as
     in torch.nn, so it is only passed on when ``num_layers > 1``.
 
@@ -83,4 +85,8 @@ def recurrent_layer(
         return RNN(**common, nonlinearity=nonlinearity, init=init)
     if cell == "lstm":
         return LSTM(**common, peephole=peephole, coupled=coupled)
+    if cell == "mingru":
+        return MinGRU(**common)
+    if cell == "minlstm":
+        return MinLSTM(**common)
     return GRU(**common, reset_after=reset_after)

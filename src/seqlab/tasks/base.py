@@ -66,7 +66,7 @@ _CELL_OPTION_DEFAULTS = {
 class RecurrentModelConfig(StrictModel):
     """The recurrent encoder every built-in task uses (`model.*` keys)."""
 
-    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    cell: Literal["rnn", "lstm", "gru", "mingru", "minlstm"] = "lstm"
     hidden_size: int = Field(128, ge=1)
     num_layers: int = Field(1, ge=1)
     dropout: float = Field(0.0, ge=0, le=1)

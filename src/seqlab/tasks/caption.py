@@ -65,7 +65,7 @@ class CaptionData(StrictModel):
 
 
 class CaptionModel(RecurrentModelConfig):
-    cell: Literal["rnn", "lstm", "gru"] = "gru"
+    cell: Literal["rnn", "lstm", "gru", "mingru", "minlstm"] = "gru"
     hidden_size: int = Field(128, ge=1)
     embedding_dim: int = Field(64, ge=1)
     channels: list[int] = Field(default_factory=lambda: [32, 64, 64], min_length=1)

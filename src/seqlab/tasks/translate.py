@@ -71,7 +71,7 @@ class TranslateData(StrictModel):
 
 
 class TranslateModel(RecurrentModelConfig):
-    cell: Literal["rnn", "lstm", "gru"] = "gru"
+    cell: Literal["rnn", "lstm", "gru", "mingru", "minlstm"] = "gru"
     hidden_size: int = Field(256, ge=1)
     bidirectional: bool = True
     embedding_dim: int = Field(128, ge=1)
