@@ -127,7 +127,7 @@ def test_load_errors_name_the_file(tmp_path):
 
 
 def test_bad_arguments_name_the_allowed_values():
-    with pytest.raises(ValueError, match=r"kind must be one of \('char', 'word', 'bpe'\)"):
+    with pytest.raises(ValueError, match=r"kind must be one of \('char', 'word', 'bpe', 'wordpiece'\)"):
         Tokenizer.train(TEXTS, kind="sentencepiece")
     with pytest.raises(ValueError, match="max_size"):
         Tokenizer.train(TEXTS, kind="bpe", max_size=10)

@@ -96,7 +96,9 @@ def test_every_recipe_validates_and_resolves():
         config = load_config(name)
         resolved = config.to_dict()
         assert resolved["recipe"] == name
-        assert set(resolved) == {"recipe", "description", "task", "data", "model", "trainer", "predict"}
+        assert set(resolved) == {
+                "recipe", "description", "task", "data", "model", "objective", "trainer", "predict"
+            }
 
 
 def test_resolved_config_round_trips(tmp_path):

@@ -37,6 +37,7 @@ __all__ = [
     "read_conll",
     "read_labelled",
     "read_parallel",
+    "read_sentences",
     "read_series",
     "read_text",
 ]
@@ -251,6 +252,60 @@ def read_labelled(
 ) -> list[tuple[str, str]]:
     """All ``(text, label)`` pairs of a CSV / TSV / JSONL file; see :func:`iter_labelled`."""
     return list(iter_labelled(path, text_column=text_column, label_column=label_column))
+
+
+def read_sentences(
+    path: str | Path, text_column: str = "text", columns: list[str] | None = None
+) -> list[str] | list[tuple[str, ...]]:
+    """Unlabelled text for pre-training, one example per non-blank line, stripped.
+
+    A plain text file (any other suffix, optionally ``.gz``) gives its lines; a CSV / TSV / JSONL
+    file gives the ``text_column`` of each row (the labels of a labelled set are ignored). With
+    ``columns`` (two or more names), each example is the tuple of those columns' texts: the
+    sentence pairs of supervised contrastive learning.
+    """
+    path = Path(path)
+    _check_file(path)
+    kind = _format_of(path)
+    wanted = list(columns) if columns else [text_column]
+    if kind not in LABELLED_FORMATS:
+        if columns:
+            raise DataError(
+                f"{path}: data.pair_columns={columns} needs a CSV / TSV (with a header row) or "
+                f"JSONL file; this one is plain text ({kind or 'no suffix'})"
+            )
+        try:
+            examples = [raw.strip() for _, raw in numbered_lines(path) if raw.strip()]
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: not UTF-8 text ({error.reason}); re-save it as UTF-8") from None
+    elif kind in (".csv", ".tsv"):
+        rows = _table_rows(path, "," if kind == ".csv" else "\t")
+        first = next(rows, None)
+        if first is None:
+            raise DataError(f"{path} is empty; expected a header row naming the columns {wanted}")
+        _, header = first
+        indices = _header_index(path, header, wanted)
+        examples = []
+        for line, fields in rows:
+            if len(fields) != len(header):
+                raise DataError(
+                    f"{_where(path, line)}: {len(fields)} fields, but the header has "
+                    f"{len(header)}; quote fields that contain the delimiter"
+                )
+            examples.append(tuple(_nonempty(path, line, fields[i], "text") for i in indices))
+    else:
+        examples = [
+            tuple(
+                _nonempty(path, line, _field(path, line, record, key, "text"), "text")
+                for key in wanted
+            )
+            for line, record in _json_lines(path)
+        ]
+    if kind in LABELLED_FORMATS and not columns:
+        examples = [example[0] for example in examples]
+    if not examples:
+        raise DataError(f"{path} has no text; expected one example per line")
+    return examples
 
 
 def read_conll(

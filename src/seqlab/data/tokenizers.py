@@ -37,9 +37,11 @@ from seqlab.data.readers import DataError
 __all__ = ["SPECIAL_TOKENS", "LabelVocab", "Tokenizer"]
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>", "<mask>")
+# The same roles under BERT's names, accepted at the same ids in a Hugging Face tokenizer.
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, MASK_ID = range(len(SPECIAL_TOKENS))
 
-KINDS = ("char", "word", "bpe")
+KINDS = ("char", "word", "bpe", "wordpiece")
 FORMAT_NAME = "seqlab.tokenizer"
 FORMAT_VERSION = 1
 DEFAULT_FILENAME = "tokenizer.json"
@@ -94,6 +96,17 @@ def _word_backend(lowercase: bool) -> hf.Tokenizer:
     return backend
 
 
+def _wordpiece_backend(lowercase: bool) -> hf.Tokenizer:
+    # BERT's scheme: split on whitespace and punctuation, then each word into the longest
+    # pieces in the vocabulary, "##" marking a piece that continues a word.
+    backend = hf.Tokenizer(models.WordPiece(unk_token="<unk>", continuing_subword_prefix="##"))
+    steps = [normalizers.NFD(), normalizers.Lowercase(), normalizers.StripAccents()]
+    backend.normalizer = normalizers.Sequence(steps if lowercase else steps[:1])
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    return backend
+
+
 def _bpe_backend(lowercase: bool, byte_level: bool) -> hf.Tokenizer:
     if byte_level:
         # GPT-2 style: text is bytes, each byte a base symbol, so there is no <unk> and
@@ -139,11 +152,12 @@ class Tokenizer:
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        for token_id, token in enumerate(SPECIAL_TOKENS):
-            if backend.token_to_id(token) != token_id:
+        for token_id, names in enumerate(zip(SPECIAL_TOKENS, BERT_SPECIAL_TOKENS)):
+            if all(backend.token_to_id(name) != token_id for name in names):
                 raise ValueError(
-                    f"special token {token!r} must have id {token_id}, "
-                    f"got {backend.token_to_id(token)!r}; seqlab expects {SPECIAL_TOKENS} at 0..4"
+                    f"special token {names[0]!r} (or {names[1]!r}) must have id {token_id}, got "
+                    f"{backend.token_to_id(names[0])!r}; seqlab expects {SPECIAL_TOKENS} (or "
+                    f"BERT's {BERT_SPECIAL_TOKENS}) at ids 0..4"
                 )
         self.backend = backend
         self.kind = kind
@@ -170,13 +184,14 @@ class Tokenizer:
 
         Args:
             texts: strings (lines, documents); a generator is fine.
-            kind: ``"char"``, ``"word"`` or ``"bpe"``.
+            kind: ``"char"``, ``"word"``, ``"bpe"`` or ``"wordpiece"`` (BERT's sub-words:
+                whitespace / punctuation split, then greedy longest pieces, ``##`` continuing).
             lowercase: lowercase text before splitting (and at encode time).
             min_frequency: char / word: drop tokens seen fewer times; bpe: least frequency of a
                 merged pair.
             max_size: char / word only: keep at most this many regular tokens (the most frequent),
                 not counting the five special tokens. ``None`` keeps all.
-            vocab_size: bpe only: total vocabulary size, special tokens included.
+            vocab_size: bpe / wordpiece: total vocabulary size, special tokens included.
             byte_level: bpe only: byte-level BPE (GPT-2; lossless, no ``<unk>``) when True,
                 whitespace-split BPE with ``</w>`` word ends (Sennrich et al. 2016) when False.
         """
@@ -186,9 +201,11 @@ class Tokenizer:
             raise ValueError(f"min_frequency must be >= 1, got {min_frequency}")
         if max_size is not None and max_size < 1:
             raise ValueError(f"max_size must be None or >= 1, got {max_size}")
-        if kind == "bpe" and max_size is not None:
-            raise ValueError("max_size applies to kind='char' or 'word'; for 'bpe' use vocab_size")
-        if kind == "bpe" and vocab_size <= len(SPECIAL_TOKENS):
+        if kind in ("bpe", "wordpiece") and max_size is not None:
+            raise ValueError(
+                f"max_size applies to kind='char' or 'word'; for {kind!r} use vocab_size"
+            )
+        if kind in ("bpe", "wordpiece") and vocab_size <= len(SPECIAL_TOKENS):
             raise ValueError(f"vocab_size must be > {len(SPECIAL_TOKENS)}, got {vocab_size}")
 
         if kind == "bpe":
@@ -204,6 +221,15 @@ class Tokenizer:
                 special_tokens=list(SPECIAL_TOKENS),
                 show_progress=False,
                 **options,
+            )
+        elif kind == "wordpiece":
+            backend = _wordpiece_backend(lowercase)
+            trainer = trainers.WordPieceTrainer(
+                vocab_size=vocab_size,
+                min_frequency=min_frequency,
+                special_tokens=list(SPECIAL_TOKENS),
+                continuing_subword_prefix="##",
+                show_progress=False,
             )
         else:
             backend = _char_backend(lowercase) if kind == "char" else _word_backend(lowercase)

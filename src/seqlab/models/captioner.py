@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqlab.models.registry import register_model
 from seqlab.models.seq2seq import ATTENTIONS, Bridge, Decoder, DecoderState, _check_choice
 
 __all__ = ["Captioner", "CaptionerOutput", "ImageEncoder", "ImageMemory"]
@@ -161,6 +162,7 @@ class ImageMemory:
         )
 
 
+@register_model
 class Captioner(nn.Module):
     r"""CNN encoder + recurrent decoder (optionally attending over image regions), teacher-forced.
 

@@ -9,10 +9,12 @@ from torch import nn
 from seqlab.models.outputs import ClassifierOutput
 from seqlab.models.pooling import POOLINGS, lengths_to_mask, merge_final_states, pool_outputs
 from seqlab.models.recurrent import recurrent_layer
+from seqlab.models.registry import register_model
 
 __all__ = ["SequenceClassifier"]
 
 
+@register_model
 class SequenceClassifier(nn.Module):
     r"""Embed, run a recurrent layer, pool over time, then a linear head.
 
@@ -33,7 +35,8 @@ class SequenceClassifier(nn.Module):
     ``input_size`` (inputs are float features) must be given. ``dropout`` applies to the
     embeddings, between stacked layers and before the head. The cell options (``nonlinearity``,
     ``init``, ``peephole``, ``coupled``, ``reset_after``) are those of
-    :func:`~seqlab.models.recurrent_layer`.
+    :func:`~seqlab.models.recurrent_layer`. ``num_classes=0`` builds no head: the model is a
+    sentence encoder, and its output's ``pooled`` (N, H_out) is the sentence vector.
 
     Shapes (N batch, L padded length, F features, C classes):
 
@@ -76,10 +79,11 @@ class SequenceClassifier(nn.Module):
             raise ValueError(
                 f"pooling should be one of {', '.join(map(repr, POOLINGS))}, got {pooling!r}"
             )
-        if num_classes < 1 or (num_classes == 1 and not regression):
+        if num_classes < 0 or (num_classes == 1 and not regression):
             raise ValueError(
-                f"num_classes should be >= 2 for classification or >= 1 with regression=True, "
-                f"got num_classes={num_classes!r}, regression={regression!r}"
+                f"num_classes should be >= 2 for classification, >= 1 with regression=True, or "
+                f"0 for no head (a sentence encoder), got num_classes={num_classes!r}, "
+                f"regression={regression!r}"
             )
         self.num_classes = num_classes
         self.pooling = pooling
@@ -99,7 +103,8 @@ class SequenceClassifier(nn.Module):
             bidirectional=bidirectional, merge_mode=merge_mode, nonlinearity=nonlinearity,
             init=init, peephole=peephole, coupled=coupled, reset_after=reset_after,
         )
-        self.head = nn.Linear(self.rnn.output_size, num_classes)
+        # num_classes=0: no head, a sentence encoder whose output is the pooled vector.
+        self.head = nn.Linear(self.rnn.output_size, num_classes) if num_classes > 0 else None
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameters (shared tensors counted once)."""
@@ -124,6 +129,8 @@ class SequenceClassifier(nn.Module):
             features = merge_final_states(h_n, self.num_directions, self.merge_mode)  # (N, H_out)
         else:
             features = pool_outputs(outputs, mask, self.pooling)  # (N, H_out)
+        if self.head is None:
+            return ClassifierOutput(logits=None, hidden=outputs, pooled=features)
         logits = self.head(self.dropout(features))  # (N, C)
 
         loss = None
@@ -132,4 +139,4 @@ class SequenceClassifier(nn.Module):
                 loss = F.mse_loss(logits, targets.to(logits.dtype).reshape(logits.shape))
             else:
                 loss = F.cross_entropy(logits, targets)
-        return ClassifierOutput(logits=logits, loss=loss)
+        return ClassifierOutput(logits=logits, loss=loss, hidden=outputs, pooled=features)

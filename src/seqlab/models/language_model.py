@@ -8,6 +8,7 @@ from torch import nn
 
 from seqlab.models.outputs import LMOutput, RecurrentState
 from seqlab.models.recurrent import recurrent_layer
+from seqlab.models.registry import register_model
 
 __all__ = ["LanguageModel", "detach_state"]
 
@@ -24,6 +25,7 @@ def detach_state(state: RecurrentState | None) -> RecurrentState | None:
     return state.detach()
 
 
+@register_model
 class LanguageModel(nn.Module):
     r"""Word- or character-level recurrent language model (Mikolov et al., 2010; Zaremba et al., 2014).
 
@@ -114,7 +116,7 @@ class LanguageModel(nn.Module):
                 targets.reshape(-1),  # (N * L,)
                 ignore_index=-100,
             )
-        return LMOutput(logits=logits, loss=loss, state=state)
+        return LMOutput(logits=logits, loss=loss, state=state, hidden=outputs)
 
     @torch.no_grad()
     def generate(

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqlab.models.recurrent import recurrent_layer
+from seqlab.models.registry import register_model
 from seqlab.nn.attention import AdditiveAttention, DotAttention, GeneralAttention
 
 __all__ = [
@@ -467,6 +468,7 @@ class Decoder(nn.Module):
         return self.out(self.dropout(outputs)), weights  # (N, T, V)
 
 
+@register_model
 class Seq2Seq(nn.Module):
     r"""Recurrent encoder-decoder with optional attention, trained with teacher forcing.
 

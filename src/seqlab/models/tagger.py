@@ -9,10 +9,12 @@ from torch import nn
 from seqlab.models.outputs import TaggerOutput
 from seqlab.models.pooling import lengths_to_mask
 from seqlab.models.recurrent import recurrent_layer
+from seqlab.models.registry import register_model
 
 __all__ = ["SequenceTagger"]
 
 
+@register_model
 class SequenceTagger(nn.Module):
     r"""Embed, run a (usually bidirectional) recurrent layer, then a linear head at every step.
 
@@ -129,4 +131,4 @@ class SequenceTagger(nn.Module):
                     targets.reshape(-1),  # (N * L,)
                     ignore_index=-100,
                 )
-        return TaggerOutput(logits=logits, loss=loss)
+        return TaggerOutput(logits=logits, loss=loss, hidden=outputs)

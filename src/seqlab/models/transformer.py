@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqlab.models.outputs import ClassifierOutput, LMOutput, TaggerOutput
+from seqlab.models.registry import register_model
 from seqlab.models.seq2seq import Seq2SeqOutput
 from seqlab.nn.positional import (
     LearnedPositionalEmbedding,
@@ -65,7 +66,7 @@ __all__ = [
 ]
 
 POSITIONALS = ("learned", "sinusoidal", "rotary")
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "last")
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -162,6 +163,7 @@ class TransformerEmbedding(nn.Module):
         return self.dropout(x)
 
 
+@register_model
 class TransformerEncoderModel(nn.Module):
     r"""Encoder-only body: embedding + a stack of bidirectional self-attention layers.
 
@@ -223,17 +225,19 @@ class TransformerEncoderModel(nn.Module):
         return self.encoder(x, src_key_padding_mask=padding, need_weights=need_weights)
 
 
+@register_model
 class TransformerClassifier(nn.Module):
     r"""Sequence classification on a Transformer encoder (many-to-one).
 
     .. math::
         f = \tanh(W_p h_1 + b_p) \ (\texttt{"cls"}, \text{BERT's pooler on the first token})
-        \ \text{or}\ \tfrac{1}{|valid|}\textstyle\sum_{t\ valid} h_t \ (\texttt{"mean"}), \qquad
+        \ \text{or}\ \tfrac{1}{|valid|}\textstyle\sum_{t\ valid} h_t \ (\texttt{"mean"})
+        \ \text{or}\ h_{last\ valid} \ (\texttt{"last"}), \qquad
         \mathrm{logits} = W\,\mathrm{Drop}(f) + b
 
     Args:
         encoder: the :class:`TransformerEncoderModel` body.
-        num_classes: C. pooling: one of :data:`POOLINGS`. dropout: on the pooled features.
+        num_classes: C; 0 builds no head (a sentence encoder: the output's ``pooled``). pooling: one of :data:`POOLINGS`. dropout: on the pooled features.
 
     ========== =====================================
     input_ids  (N, L) long
@@ -256,7 +260,8 @@ class TransformerClassifier(nn.Module):
         d_model = encoder.d_model
         self.pooler = nn.Linear(d_model, d_model) if pooling == "cls" else None
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(d_model, num_classes)
+        # num_classes=0: no head, a sentence encoder whose output is the pooled vector.
+        self.head = nn.Linear(d_model, num_classes) if num_classes > 0 else None
 
     def forward(
         self,
@@ -277,12 +282,22 @@ class TransformerClassifier(nn.Module):
                 if padding is None
                 else (~padding).to(hidden.dtype)
             )  # (N, L)
-            features = (hidden * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)  # (N, E)
+            if self.pooling == "mean":
+                features = (hidden * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)  # (N, E)
+            else:  # the last real token
+                last = valid.sum(1).long() - 1  # (N,)
+                features = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+        if self.head is None:
+            return ClassifierOutput(logits=None, hidden=hidden, pooled=features)
         logits = self.head(self.dropout(features))  # (N, C)
         loss = None if targets is None else F.cross_entropy(logits, targets)
-        return ClassifierOutput(logits=logits, loss=loss, attentions=_stack_weights(weights))
+        return ClassifierOutput(
+            logits=logits, loss=loss, attentions=_stack_weights(weights), hidden=hidden,
+            pooled=features,
+        )
 
 
+@register_model
 class TransformerTagger(nn.Module):
     r"""One label per token on a Transformer encoder (many-to-many aligned).
 
@@ -323,9 +338,12 @@ class TransformerTagger(nn.Module):
             loss = F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
             )
-        return TaggerOutput(logits=logits, loss=loss, attentions=_stack_weights(weights))
+        return TaggerOutput(
+            logits=logits, loss=loss, attentions=_stack_weights(weights), hidden=hidden
+        )
 
 
+@register_model
 class TransformerMaskedLM(nn.Module):
     r"""Masked language model on a Transformer encoder (BERT's pre-training objective).
 
@@ -378,9 +396,12 @@ class TransformerMaskedLM(nn.Module):
             loss = F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
             )
-        return LMOutput(logits=logits, loss=loss, attentions=_stack_weights(weights))
+        return LMOutput(
+            logits=logits, loss=loss, attentions=_stack_weights(weights), hidden=hidden
+        )
 
 
+@register_model
 class TransformerLM(nn.Module):
     r"""Decoder-only causal language model (GPT-2 layout).
 
@@ -492,7 +513,8 @@ class TransformerLM(nn.Module):
                 logits.reshape(-1, self.vocab_size), targets.reshape(-1), ignore_index=-100
             )
         return LMOutput(
-            logits=logits, loss=loss, state=state, attentions=_stack_weights(weights)
+            logits=logits, loss=loss, state=state, attentions=_stack_weights(weights),
+            hidden=hidden,
         )
 
     @torch.no_grad()
@@ -588,6 +610,7 @@ class TransformerAttentions:
     decoder_cross: tuple[torch.Tensor, ...]
 
 
+@register_model
 class TransformerSeq2Seq(nn.Module):
     r"""Encoder-decoder Transformer for translation (Vaswani et al. 2017), trained with teacher
     forcing and searched with the step API of :class:`seqlab.models.Seq2Seq`.

@@ -13,9 +13,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from seqlab.schema import StrictModel
 from seqlab.tasks import register_task
 from seqlab.tasks.base import RecurrentModelConfig, TensorTask
-from seqlab.train.config import StrictModel
 
 __all__ = ["AddingTask"]
 

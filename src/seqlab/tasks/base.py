@@ -21,9 +21,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from seqlab.train.config import StrictModel
+from seqlab.schema import StrictModel
 
 __all__ = [
+    "NoObjectiveConfig",
     "NoPredictConfig",
     "RecurrentModelConfig",
     "StepOutput",
@@ -52,6 +53,10 @@ class StepOutput:
 
 class NoPredictConfig(StrictModel):
     """Tasks without prediction options."""
+
+
+class NoObjectiveConfig(StrictModel):
+    """Tasks whose objective has no options (the loss follows from the data)."""
 
 
 _CELL_OPTION_DEFAULTS = {
@@ -124,18 +129,30 @@ class Task:
     DataConfig: ClassVar[type[StrictModel]]
     ModelConfig: ClassVar[type[StrictModel]] = RecurrentModelConfig
     PredictConfig: ClassVar[type[StrictModel]] = NoPredictConfig
+    ObjectiveConfig: ClassVar[type[StrictModel]] = NoObjectiveConfig
+    # Names of the modules that are task-specific output layers: with `model.init_from` they may
+    # differ in shape from the pre-trained run's (another number of classes) and start afresh.
+    head_modules: ClassVar[tuple[str, ...]] = ("head",)
     # The validation metric that picks the best checkpoint and drives early stopping.
     metric: ClassVar[str] = "loss"
     mode: ClassVar[str] = "min"
     unit: ClassVar[str] = "ex"  # what `StepOutput.count` counts, for the throughput display
 
     def __init__(self, data: StrictModel, model: StrictModel, predict: StrictModel, seed: int = 0,
-                 recipe: str | None = None):
+                 recipe: str | None = None, objective: StrictModel | None = None):
         self.recipe = recipe
         self.data = data
         self.model_config = model
         self.predict_config = predict
+        self.objective = objective if objective is not None else self.ObjectiveConfig()
         self.seed = seed
+        # With `model.init_from`, the pre-trained run's tokenizer: `prepare` uses it instead of
+        # fitting a new vocabulary.
+        self.pretrained_tokenizer = None
+
+    def fit_tokenizer(self, fit):
+        """The pre-trained tokenizer when there is one, else `fit()` (a new vocabulary)."""
+        return self.pretrained_tokenizer if self.pretrained_tokenizer is not None else fit()
 
     # Data.
     def prepare(self, fit_vocab: bool = True) -> None:
@@ -229,7 +246,7 @@ def spread(items: list, count: int | None) -> list:
 
 def require_path(value: str | None, key: str, recipe: str | None, what: str) -> str:
     """The path in config key `key`, or a ConfigError that shows the exact override to give."""
-    from seqlab.train.config import ConfigError
+    from seqlab.schema import ConfigError
 
     if value:
         return value

@@ -24,6 +24,7 @@ import torch
 from pydantic import Field, model_validator
 
 from seqlab.data.images import ImageCaptions
+from seqlab.schema import StrictModel
 from seqlab.tasks import register_task
 from seqlab.tasks.base import (
     RecurrentModelConfig,
@@ -36,7 +37,6 @@ from seqlab.tasks.base import (
     spread,
     to_device,
 )
-from seqlab.train.config import StrictModel
 
 __all__ = ["CaptionTask", "images_to_tensor"]
 
@@ -144,13 +144,13 @@ class CaptionTask(Task):
         splits = self._read_splits()
         if fit_vocab:
             texts = (caption for captions in splits["train"].captions for caption in captions)
-            self.tokenizer = Tokenizer.train(
+            self.tokenizer = self.fit_tokenizer(lambda: Tokenizer.train(
                 texts,
                 kind="word",
                 lowercase=data.lowercase,
                 min_frequency=data.min_frequency,
                 max_size=data.max_vocab,
-            )
+            ))
         self.images = {split: images_to_tensor(item.images) for split, item in splits.items()}
         self.references = {}
         for split, item in splits.items():

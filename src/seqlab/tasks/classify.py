@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from seqlab.schema import StrictModel
 from seqlab.tasks import register_task
 from seqlab.tasks.base import (
     RecurrentModelConfig,
@@ -25,7 +26,6 @@ from seqlab.tasks.base import (
     spread,
     to_device,
 )
-from seqlab.train.config import StrictModel
 
 __all__ = ["ClassifyTask"]
 
@@ -38,7 +38,7 @@ class ClassifyData(StrictModel):
     label_column: str = "label"
     max_length: int | None = Field(None, ge=1)
     valid_fraction: float = Field(0.1, gt=0, lt=1)
-    tokenizer: Literal["char", "word", "bpe"] = "word"
+    tokenizer: Literal["char", "word", "bpe", "wordpiece"] = "word"
     lowercase: bool = True
     min_frequency: int = Field(1, ge=1)
     max_vocab: int | None = Field(20000, ge=1)
@@ -89,11 +89,11 @@ class ClassifyTask(Task):
             rows["test"] = self._read(data.test)
         if fit_vocab:
             texts = (text for text, _ in rows["train"])
-            self.tokenizer = Tokenizer.train(
+            self.tokenizer = self.fit_tokenizer(lambda: Tokenizer.train(
                 texts, kind=data.tokenizer, lowercase=data.lowercase, min_frequency=data.min_frequency,
-                max_size=data.max_vocab if data.tokenizer != "bpe" else None,
+                max_size=data.max_vocab if data.tokenizer in ("char", "word") else None,
                 vocab_size=data.bpe_vocab_size,
-            )
+            ))
             self.labels = LabelVocab(label for _, label in rows["train"])
         self.examples = {split: self._encode(split, items) for split, items in rows.items()}
 

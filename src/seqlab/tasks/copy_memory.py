@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
+from seqlab.schema import StrictModel
 from seqlab.tasks import register_task
 from seqlab.tasks.base import RecurrentModelConfig, TensorTask
-from seqlab.train.config import StrictModel
 
 __all__ = ["CopyMemoryTask"]
 

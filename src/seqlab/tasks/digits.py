@@ -12,9 +12,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from seqlab.schema import StrictModel
 from seqlab.tasks import register_task
 from seqlab.tasks.base import RecurrentModelConfig, TensorTask, split_off
-from seqlab.train.config import StrictModel
 
 __all__ = ["DigitsTask"]
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
+from seqlab.schema import StrictModel
 from seqlab.tasks import register_task
 from seqlab.tasks.base import RecurrentModelConfig, TensorTask
-from seqlab.train.config import StrictModel
 
 __all__ = ["BLANK", "FillBlankTask"]
 
@@ -65,7 +65,9 @@ class FillBlankTask(TensorTask):
         pairs = {split: fill_in_the_blank(size, seed=self.seed * 3 + i)
                  for i, (split, size) in enumerate(sizes.items())}
         if fit_vocab:
-            self.tokenizer = Tokenizer.from_words(text.split() for text, _ in pairs["train"])
+            self.tokenizer = self.fit_tokenizer(
+                lambda: Tokenizer.from_words(text.split() for text, _ in pairs["train"])
+            )
             self.labels = LabelVocab(label for _, label in pairs["train"])
         self.tensors = {split: self._encode(items) for split, items in pairs.items()}
 

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from seqlab.schema import StrictModel
 from seqlab.tasks import register_task
 from seqlab.tasks.base import RecurrentModelConfig, StepOutput, Task
-from seqlab.train.config import StrictModel
 
 __all__ = ["LanguageModelTask", "batchify", "embedded_corpus"]
 
@@ -48,7 +48,7 @@ class LanguageModelData(StrictModel):
     test: str | None = None
     valid_fraction: float = Field(0.05, gt=0, lt=0.5)
     test_fraction: float = Field(0.05, ge=0, lt=0.5)
-    tokenizer: Literal["char", "word", "bpe"] = "char"
+    tokenizer: Literal["char", "word", "bpe", "wordpiece"] = "char"
     lowercase: bool = False
     min_frequency: int = Field(1, ge=1)
     max_vocab: int | None = Field(None, ge=1)
@@ -113,10 +113,11 @@ class LanguageModelTask(Task):
         if fit_vocab:
             # Lines keep the tokenizer's input small per item; char tokens include the newlines.
             lines = texts["train"].splitlines(keepends=True)
-            self.tokenizer = Tokenizer.train(
+            self.tokenizer = self.fit_tokenizer(lambda: Tokenizer.train(
                 lines, kind=data.tokenizer, lowercase=data.lowercase, min_frequency=data.min_frequency,
-                max_size=data.max_vocab if data.tokenizer != "bpe" else None, vocab_size=data.bpe_vocab_size,
-            )
+                max_size=data.max_vocab if data.tokenizer in ("char", "word") else None,
+                vocab_size=data.bpe_vocab_size,
+            ))
         self.streams = {split: self._encode(text) for split, text in texts.items()}
         counts = Counter(self.streams["train"].tolist())
         total = sum(counts.values())

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
+from seqlab.schema import StrictModel
 from seqlab.tasks import register_task
 from seqlab.tasks.base import (
     RecurrentModelConfig,
@@ -24,7 +25,6 @@ from seqlab.tasks.base import (
     spread,
     to_device,
 )
-from seqlab.train.config import StrictModel
 
 __all__ = ["TagTask"]
 
@@ -91,8 +91,8 @@ class TagTask(Task):
         if data.test:
             sentences["test"] = self._read(data.test)
         if fit_vocab:
-            self.tokenizer = _vocab_from_tokens(sentences["train"], data.lowercase, data.min_frequency,
-                                                data.max_vocab)
+            self.tokenizer = self.fit_tokenizer(lambda: _vocab_from_tokens(
+                sentences["train"], data.lowercase, data.min_frequency, data.max_vocab))
             self.tags = LabelVocab(tag for _, tags in sentences["train"] for tag in tags)
         self.examples = {split: self._encode(split, items) for split, items in sentences.items()}
 

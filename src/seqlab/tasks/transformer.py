@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from seqlab.schema import StrictModel
 from seqlab.tasks import register_task
 from seqlab.tasks.base import shard_batches
 from seqlab.tasks.classify import ClassifyTask
 from seqlab.tasks.language_model import LanguageModelTask
 from seqlab.tasks.translate import TranslateTask
-from seqlab.train.config import StrictModel
 
 __all__ = ["TransformerClassifyTask", "TransformerLMTask", "TransformerTranslateTask"]
 

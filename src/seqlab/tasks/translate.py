@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
+from seqlab.schema import StrictModel
 from seqlab.tasks import register_task
 from seqlab.tasks.base import (
     RecurrentModelConfig,
@@ -32,7 +33,6 @@ from seqlab.tasks.base import (
     spread,
     to_device,
 )
-from seqlab.train.config import StrictModel
 
 __all__ = ["TranslateTask"]
 
@@ -54,7 +54,7 @@ class TranslateData(StrictModel):
     num_symbols: int = Field(10, ge=1, le=26)
     # Training pairs with more tokens than this on either side are left out (None keeps all).
     max_tokens: int | None = Field(80, ge=1)
-    tokenizer: Literal["char", "word", "bpe"] = "word"
+    tokenizer: Literal["char", "word", "bpe", "wordpiece"] = "word"
     lowercase: bool = False
     min_frequency: int = Field(1, ge=1)
     max_vocab: int | None = Field(None, ge=1)
@@ -159,14 +159,14 @@ class TranslateTask(Task):
             # One vocabulary for both sides: reversal and dates share symbols, and a joint
             # vocabulary is the usual choice for subword translation too.
             texts = (text for pair in pairs["train"] for text in pair)
-            self.tokenizer = Tokenizer.train(
+            self.tokenizer = self.fit_tokenizer(lambda: Tokenizer.train(
                 texts,
                 kind=data.tokenizer,
                 lowercase=data.lowercase,
                 min_frequency=data.min_frequency,
-                max_size=data.max_vocab if data.tokenizer != "bpe" else None,
+                max_size=data.max_vocab if data.tokenizer in ("char", "word") else None,
                 vocab_size=data.bpe_vocab_size,
-            )
+            ))
         self.references = {split: [target for _, target in items] for split, items in pairs.items()}
         self.sources = {split: [source for source, _ in items] for split, items in pairs.items()}
         self.examples = {

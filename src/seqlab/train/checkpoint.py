@@ -190,10 +190,21 @@ def load_checkpoint(directory: str | Path) -> dict[str, Any]:
 
 
 def save_weights(path: str | Path, module: torch.nn.Module, metadata: dict[str, str] | None = None) -> None:
-    """Model weights alone as one safetensors file (tied tensors stored once, listed in metadata)."""
+    """Model weights alone as one safetensors file (tied tensors stored once, listed in metadata).
+
+    The metadata also holds the model's spec (class and constructor arguments) when its class
+    is registered, so :func:`seqlab.models.load` rebuilds it from the file alone.
+    """
+    from seqlab.models.registry import SPEC_METADATA_KEY, model_spec
+
     tree, tensors = flatten_state(module.state_dict())
     aliases = {k: v[_TENSOR] for k, v in tree["__dict__"] if v[_TENSOR] != k}
-    meta = {"format": "seqlab-weights-1", "aliases": json.dumps(aliases), **(metadata or {})}
+    meta = {"format": "seqlab-weights-1", "aliases": json.dumps(aliases)}
+    try:
+        meta[SPEC_METADATA_KEY] = json.dumps(model_spec(module))
+    except TypeError:
+        pass  # a module of the user's own: the weights alone are saved
+    meta.update(metadata or {})
     _atomic_save_tensors(Path(path), tensors, metadata=meta)
 
 

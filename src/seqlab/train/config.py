@@ -5,7 +5,8 @@ A run config has four sections and two names::
     recipe: charlm-lstm          # set from the recipe or file name
     task: lm                     # which seqlab.tasks kind builds data, model and metrics
     data:    {...}               # validated by the task's DataConfig
-    model:   {...}               # validated by the task's ModelConfig
+    model:   {...}               # validated by the task's ModelConfig (+ init_from, any task)
+    objective: {...}             # validated by the task's ObjectiveConfig (pre-training)
     trainer: {...}               # TrainerConfig below (same for every task)
     predict: {...}               # validated by the task's PredictConfig
 
@@ -23,7 +24,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from seqlab.schema import ConfigError, StrictModel
 
 __all__ = [
     "ConfigError",
@@ -39,16 +42,6 @@ __all__ = [
 ]
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-
-
-class ConfigError(ValueError):
-    """A problem with a config file, a recipe name or an override; the message is for the user."""
-
-
-class StrictModel(BaseModel):
-    """Base of every config section: unknown keys are errors, values are checked on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class TrainerConfig(StrictModel):
@@ -87,6 +80,16 @@ class TrainerConfig(StrictModel):
     # Gradient flow through time, gradient-norm history and gate plots (seqlab.viz.diagnostics).
     diagnostics: bool = False
     num_threads: int | None = Field(None, ge=1)
+    # Weights that do not train: glob patterns over parameter names (`encoder.*`), or the
+    # word `body` for every parameter outside the task head (a linear probe).
+    freeze: list[str] = Field(default_factory=list)
+
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _split_patterns(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return [] if value is None else value
 
 
 class RunConfig(StrictModel):
@@ -97,8 +100,13 @@ class RunConfig(StrictModel):
     task: str
     data: dict[str, Any] = Field(default_factory=dict)
     model: dict[str, Any] = Field(default_factory=dict)
+    objective: dict[str, Any] = Field(default_factory=dict)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     predict: dict[str, Any] = Field(default_factory=dict)
+
+    # The `key=value` overrides given on the command line (sizes given there must agree with a
+    # pre-trained model's); not part of the saved config.
+    overrides: list[str] = Field(default_factory=list, exclude=True)
 
     @model_validator(mode="after")
     def _check_task(self) -> RunConfig:
@@ -108,21 +116,37 @@ class RunConfig(StrictModel):
             raise ValueError(_unknown_choice("task", self.task, task_names()))
         return self
 
+    @property
+    def init_from(self) -> str | None:
+        """`model.init_from`: the run directory or Hugging Face directory to start from."""
+        value = self.model.get("init_from")
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"model.init_from should be a directory path, got {value!r}")
+        return value or None
+
     def section(self, name: str) -> BaseModel:
-        """The typed object for `data`, `model` or `predict`, built by the task's schema."""
+        """The typed object for `data`, `model`, `objective` or `predict`, built by the task's
+        schema. `model.init_from`, which every task takes, is read by :attr:`init_from`."""
         from seqlab.tasks import get_task
 
         schema = getattr(get_task(self.task), f"{name.capitalize()}Config")
-        return _validate(schema, getattr(self, name), prefix=f"{name}.")
+        values = getattr(self, name)
+        if name == "model" and values and "init_from" in values:
+            values = {k: v for k, v in values.items() if k != "init_from"}
+        return _validate(schema, values, prefix=f"{name}.")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved config (every default filled in), as written to `config.yaml`."""
+        model = self.section("model").model_dump()
+        if self.init_from:
+            model["init_from"] = self.init_from
         return {
             "recipe": self.recipe,
             "description": self.description,
             "task": self.task,
             "data": self.section("data").model_dump(),
-            "model": self.section("model").model_dump(),
+            "model": model,
+            "objective": self.section("objective").model_dump(),
             "trainer": self.trainer.model_dump(),
             "predict": self.section("predict").model_dump(),
         }
@@ -256,8 +280,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def validate_config(values: dict[str, Any]) -> RunConfig:
     """Check a nested dict against the schema, including the task's own sections."""
     config = _validate(RunConfig, values)
-    for name in ("data", "model", "predict"):
+    for name in ("data", "model", "objective", "predict"):
         config.section(name)
+    config.init_from  # noqa: B018  (checks the value's type)
     return config
 
 
@@ -274,4 +299,6 @@ def load_config(source: str | Path, overrides: list[str] | None = None) -> RunCo
         name = source
     values = apply_overrides(_read_yaml(path), list(overrides or []))
     values.setdefault("recipe", name)
-    return validate_config(values)
+    config = validate_config(values)
+    config.overrides = list(overrides or [])
+    return config

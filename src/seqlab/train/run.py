@@ -96,7 +96,8 @@ def seed_everything(seed: int) -> None:
 def build_task(config: RunConfig) -> Task:
     cls = get_task(config.task)
     return cls(config.section("data"), config.section("model"), config.section("predict"),
-               seed=config.trainer.seed, recipe=config.recipe)
+               seed=config.trainer.seed, recipe=config.recipe,
+               objective=config.section("objective"))
 
 
 def _build_model(task: Task) -> torch.nn.Module:
