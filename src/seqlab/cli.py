@@ -6,6 +6,9 @@
     seqlab predict RUN_DIR [TEXT ...]          (reads lines from stdin when no TEXT is given)
     seqlab compare RECIPE|FILE.yaml [key=v1,v2,... ...] [--variant 'NAME: key=v ...'] [--seeds N]
                    [--threshold 'METRIC<VALUE'] [--out DIR] [--resume DIR]
+    seqlab export RUN_DIR --format onnx|hf --out DIR   (predict / eval also read an ONNX DIR)
+    seqlab quantize RUN_DIR|ONNX_DIR --out DIR         (int8 weights, read by predict / eval / serve)
+    seqlab serve RUN_DIR|ONNX_DIR [...] [--host 127.0.0.1] [--port 8000]
 
 Exit status: 0 on success, 2 for usage / config / data / run-directory errors (one line on
 stderr, no traceback), 1 when training stops on a non-finite loss, 130 when interrupted.
@@ -111,6 +114,8 @@ def _cmd_eval(args: list[str]) -> int:
     options = parser.parse_intermixed_args(args)
     from seqlab.train.run import evaluate_run
 
+    if _is_export_dir(options.run_dir):
+        return _with_export_errors(_print_export_eval, options.run_dir, options.overrides)
     results = evaluate_run(options.run_dir, options.overrides)
     for split, metrics in results.items():
         print(f"{split}: {_format_metrics(metrics)}")
@@ -131,9 +136,132 @@ def _cmd_predict(args: list[str]) -> int:
     texts = list(options.texts)
     if not texts:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if _is_export_dir(options.run_dir):
+        return _with_export_errors(_print_export_predictions, options.run_dir, texts)
     for line in predict_run(options.run_dir, texts):
         print(line)
     return 0
+
+
+def _is_export_dir(path: str) -> bool:
+    return (Path(path) / "export.json").is_file()
+
+
+def _with_export_errors(command, *args) -> int:
+    """Run an export / quantize / serve step; its ExportError is a one-line user error."""
+    try:
+        from seqlab.export import ExportError
+    except ImportError as exc:
+        _error(f"this needs the onnx extra ({exc.name} is missing): pip install 'seqlab[onnx]'")
+        return USER_ERROR
+    try:
+        return command(*args)
+    except ExportError as exc:
+        _error(str(exc))
+        return USER_ERROR
+    except ImportError as exc:
+        _error(f"{exc.name} is missing; install the extras: pip install 'seqlab[onnx,hf,serve]'")
+        return USER_ERROR
+
+
+def _print_export_predictions(directory: str, texts: list[str]) -> int:
+    from seqlab.export import predict_export
+
+    for line in predict_export(directory, texts):
+        print(line)
+    return 0
+
+
+def _print_export_eval(directory: str, overrides: list[str]) -> int:
+    from seqlab.export import evaluate_export
+
+    results = evaluate_export(directory, overrides)
+    for split, metrics in results.items():
+        print(f"{split}: {_format_metrics(metrics)}")
+    print(json.dumps(results))
+    return 0
+
+
+def _cmd_export(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="seqlab export",
+        description="Export a run: ONNX graphs for onnxruntime, or a Hugging Face directory.",
+        epilog="example: seqlab export runs/gpt-charlm --format onnx --out deploy/gpt",
+    )
+    parser.add_argument("run_dir")
+    parser.add_argument("--format", choices=["onnx", "hf"], default="onnx")
+    parser.add_argument("--out", required=True, help="the directory to write")
+    options = parser.parse_args(args)
+
+    def export() -> int:
+        if options.format == "hf":
+            from seqlab.export.hf import export_hf
+
+            result = export_hf(options.run_dir, options.out)
+            print(f"{result['architecture']} written to {options.out} "
+                  f"(tokenizer: {result['tokenizer'] or 'not expressible, ids only'}); "
+                  f"largest logit difference from seqlab: {result['max_abs_difference']:.2e}")
+            return 0
+        from seqlab.export import export_onnx
+
+        manifest = export_onnx(options.run_dir, options.out)
+        for graph in manifest["graphs"].values():
+            size = (Path(options.out) / graph["file"]).stat().st_size
+            print(f"{graph['file']}: {size / 1e6:.2f} MB, inputs {', '.join(graph['inputs'])}; "
+                  f"largest difference from torch {graph['max_abs_difference']:.2e}")
+        print(f"next: seqlab predict {options.out} TEXT  |  seqlab quantize {options.out} --out DIR")
+        return 0
+
+    return _with_export_errors(export)
+
+
+def _cmd_quantize(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="seqlab quantize",
+        description="int8 dynamic quantisation of a run's (or an ONNX export's) weights.",
+        epilog="example: seqlab quantize runs/classify-bilstm --out deploy/classify-int8",
+    )
+    parser.add_argument("source", help="a run directory or an ONNX export directory")
+    parser.add_argument("--out", required=True, help="the directory to write")
+    options = parser.parse_args(args)
+
+    def quantize() -> int:
+        from seqlab.export.quantize import quantize_export
+
+        manifest = quantize_export(options.source, options.out)
+        for graph in manifest["graphs"].values():
+            print(f"{graph['file']}: {graph['bytes'] / 1e6:.2f} MB "
+                  f"({graph['bytes'] / graph['float_bytes']:.2f}x the float graph)")
+        print(f"next: seqlab predict {options.out} TEXT  |  seqlab eval {options.out}")
+        return 0
+
+    return _with_export_errors(quantize)
+
+
+def _cmd_serve(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="seqlab serve",
+        description="Serve runs (or ONNX exports) over HTTP, with a page at / to try them.",
+        epilog="example: seqlab serve runs/gpt-charlm runs/classify-bilstm --port 8000",
+    )
+    parser.add_argument("runs", nargs="+", help="run or export directories; NAME=DIR names one")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-batch-size", type=int, default=32,
+                        help="most inputs one forward pass takes (requests are batched together)")
+    parser.add_argument("--batch-window-ms", type=float, default=5.0,
+                        help="how long a request waits for others to share its forward pass")
+    options = parser.parse_args(args)
+
+    def serve() -> int:
+        from seqlab.serve import ServeSettings, run_server
+
+        settings = ServeSettings(max_batch_size=options.max_batch_size,
+                                 batch_window_ms=options.batch_window_ms)
+        run_server(options.runs, host=options.host, port=options.port, settings=settings)
+        return 0
+
+    return _with_export_errors(serve)
 
 
 def _cmd_compare(args: list[str]) -> int:
@@ -143,7 +271,8 @@ def _cmd_compare(args: list[str]) -> int:
 
 
 COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict,
-            "compare": _cmd_compare}
+            "compare": _cmd_compare,
+            "export": _cmd_export, "quantize": _cmd_quantize, "serve": _cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:
