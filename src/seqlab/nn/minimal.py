@@ -89,13 +89,14 @@ def _log_parts(values: Tensor) -> tuple[Tensor, Tensor]:
             torch.log(F.relu(-values).clamp_min(tiny)))
 
 
-def _scan_block(log_coeffs: Tensor, log_values: Tensor, log_negative_values: Tensor | None
-                ) -> tuple[Tensor, Tensor]:
-    """The log-space scan from a zero state: (h_t with h_0 = 0, A_t), each (L, ...)."""
-    log_a_star = torch.cumsum(log_coeffs, dim=0)  # (L, ...) log A_t
-    h = torch.exp(log_a_star + torch.logcumsumexp(log_values - log_a_star, dim=0))
+def _scan_block(log_coeffs: Tensor, log_values: Tensor, log_negative_values: Tensor | None,
+                dim: int = 0) -> tuple[Tensor, Tensor]:
+    """The log-space scan from a zero state along ``dim``: (h_t with h_0 = 0, A_t)."""
+    log_a_star = torch.cumsum(log_coeffs, dim=dim)  # log A_t
+    h = torch.exp(log_a_star + torch.logcumsumexp(log_values - log_a_star, dim=dim))
     if log_negative_values is not None:
-        h = h - torch.exp(log_a_star + torch.logcumsumexp(log_negative_values - log_a_star, dim=0))
+        h = h - torch.exp(log_a_star + torch.logcumsumexp(log_negative_values - log_a_star,
+                                                          dim=dim))
     return h, torch.exp(log_a_star)
 
 
@@ -125,22 +126,25 @@ def parallel_scan(log_coeffs: Tensor, log_values: Tensor, h0: Tensor | None = No
     blocks = (length + pad) // chunk_size
 
     def blocked(t: Tensor | None) -> Tensor | None:
-        # (L, ...) -> (C, K, ...): time within a block first, K = L / C blocks side by side.
+        # (L, ...) -> (K, C, ...): K = L / C blocks of C steps, scanned along dim 1. A view, not
+        # a transpose: torch's cumulative operations are several times slower on strided input.
         # The padded steps (a = 1, b = 1) come after every real one and are cut off at the end.
         if t is None:
             return None
         t = torch.cat([t, t.new_zeros((pad, *t.shape[1:]))]) if pad else t
-        return t.reshape(blocks, chunk_size, *t.shape[1:]).transpose(0, 1)
+        return t.reshape(blocks, chunk_size, *t.shape[1:])
 
     local, decay = _scan_block(blocked(log_coeffs), blocked(log_values),
-                               blocked(log_negative_values))  # (C, K, ...) each
+                               blocked(log_negative_values), dim=1)  # (K, C, ...) each
     carry = torch.zeros_like(local[0, 0]) if h0 is None else h0  # (...)
     carries = []
-    for block in range(blocks):
+    # Block ends taken once (unbind): indexing inside the loop would cost a full-size gradient
+    # buffer per block in the backward pass.
+    for local_end, decay_end in zip(local[:, -1].unbind(0), decay[:, -1].unbind(0)):
         carries.append(carry)
-        carry = local[-1, block] + decay[-1, block] * carry
-    h = local + decay * torch.stack(carries).unsqueeze(0)  # (C, K, ...)
-    return h.transpose(0, 1).reshape(blocks * chunk_size, *h.shape[2:])[:length]
+        carry = local_end + decay_end * carry
+    h = local + decay * torch.stack(carries).unsqueeze(1)  # (K, C, ...)
+    return h.reshape(blocks * chunk_size, *h.shape[2:])[:length]
 
 
 def sequential_scan(coeffs: Tensor, values: Tensor, h0: Tensor | None = None) -> Tensor:
