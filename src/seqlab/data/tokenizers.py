@@ -413,6 +413,24 @@ class Tokenizer:
             byte_level=data.get("byte_level"),
         )
 
+    @classmethod
+    def from_hf_file(cls, path: str | Path) -> Tokenizer:
+        """A Hugging Face ``tokenizer.json`` (as ``save_pretrained`` writes it) whose ids 0..4 are
+        the special tokens (seqlab's names or BERT's ``[PAD] [UNK] [CLS] [SEP] [MASK]``)."""
+        backend = hf.Tokenizer.from_file(str(path))
+        kind = {"WordPiece": "wordpiece", "BPE": "bpe", "WordLevel": "word"}.get(
+            type(backend.model).__name__
+        )
+        if kind is None:
+            raise ValueError(
+                f"{path}: a {type(backend.model).__name__} tokenizer; seqlab reads WordPiece, BPE "
+                f"and WordLevel ones"
+            )
+        backend.post_processor = None  # seqlab adds its own special tokens where it wants them
+        backend.no_padding()
+        backend.no_truncation()
+        return cls(backend, kind=kind, lowercase=False)
+
     def save(self, path: str | Path) -> Path:
         """Write one JSON file; a directory means ``<dir>/tokenizer.json``. Returns the file."""
         path = _resolve_path(path)
@@ -480,6 +498,24 @@ class LabelVocab:
         if not isinstance(labels, list):
             raise TypeError(f'expected a dict with a "labels" list, got {data!r:.80}')
         return cls(labels)
+
+    @classmethod
+    def from_hf_file(cls, path: str | Path) -> Tokenizer:
+        """A Hugging Face ``tokenizer.json`` (as ``save_pretrained`` writes it) whose ids 0..4 are
+        the special tokens (seqlab's names or BERT's ``[PAD] [UNK] [CLS] [SEP] [MASK]``)."""
+        backend = hf.Tokenizer.from_file(str(path))
+        kind = {"WordPiece": "wordpiece", "BPE": "bpe", "WordLevel": "word"}.get(
+            type(backend.model).__name__
+        )
+        if kind is None:
+            raise ValueError(
+                f"{path}: a {type(backend.model).__name__} tokenizer; seqlab reads WordPiece, BPE "
+                f"and WordLevel ones"
+            )
+        backend.post_processor = None  # seqlab adds its own special tokens where it wants them
+        backend.no_padding()
+        backend.no_truncation()
+        return cls(backend, kind=kind, lowercase=False)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -1,11 +1,14 @@
-"""Task models assembled from seqlab.nn: classifier, tagger, language model, seq2seq, captioner."""
+"""Task models assembled from seqlab.nn: classifier, tagger, language models (causal and
+masked), seq2seq, captioner, Transformers; `load(run_dir)` rebuilds any run's model."""
 
 from seqlab.models.captioner import Captioner, CaptionerOutput, ImageEncoder, ImageMemory
 from seqlab.models.classifier import SequenceClassifier
 from seqlab.models.hf import from_pretrained_hf
 from seqlab.models.language_model import LanguageModel, detach_state
+from seqlab.models.masked_lm import RecurrentMaskedLM
 from seqlab.models.outputs import ClassifierOutput, LMOutput, TaggerOutput
 from seqlab.models.recurrent import recurrent_layer
+from seqlab.models.registry import build_model, load, model_spec, register_model
 from seqlab.models.seq2seq import Seq2Seq, Seq2SeqOutput
 from seqlab.models.tagger import SequenceTagger
 from seqlab.models.transformer import (
@@ -25,6 +28,7 @@ __all__ = [
     "ImageMemory",
     "LMOutput",
     "LanguageModel",
+    "RecurrentMaskedLM",
     "Seq2Seq",
     "Seq2SeqOutput",
     "SequenceClassifier",
@@ -36,7 +40,11 @@ __all__ = [
     "TransformerMaskedLM",
     "TransformerSeq2Seq",
     "TransformerTagger",
+    "build_model",
     "detach_state",
     "from_pretrained_hf",
+    "load",
+    "model_spec",
     "recurrent_layer",
+    "register_model",
 ]

@@ -74,6 +74,10 @@ class RecurrentMaskedLM(nn.Module):
         self.norm = nn.LayerNorm(embedding_dim)
         self.decoder = nn.Linear(embedding_dim, vocab_size)
         self.decoder.weight = self.embedding.weight
+        # Tied to normalised vectors of length ~sqrt(E): unit-scale logits at the start.
+        nn.init.normal_(self.embedding.weight, std=embedding_dim**-0.5)
+        if padding_idx is not None:
+            nn.init.zeros_(self.embedding.weight[padding_idx])
 
     def forward(
         self,

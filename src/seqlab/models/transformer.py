@@ -378,6 +378,12 @@ class TransformerMaskedLM(nn.Module):
         self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
         self.decoder = nn.Linear(d_model, token.num_embeddings)
         self.decoder.weight = token.weight
+        # The tied matrix scores normalised vectors of length ~sqrt(E): entries of size
+        # 1/sqrt(E) start the logits near unit scale (torch's N(0, 1) would start them at
+        # ~sqrt(E) and the loss far above log V).
+        nn.init.normal_(token.weight, std=d_model**-0.5)
+        if token.padding_idx is not None:
+            nn.init.zeros_(token.weight[token.padding_idx])
 
     def forward(
         self,

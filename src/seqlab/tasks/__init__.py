@@ -33,6 +33,8 @@ _MODULES = [
     "seqlab.tasks.transformer",
     "seqlab.tasks.fill_blank",
     "seqlab.tasks.caption",
+    "seqlab.tasks.pretrain",
+    "seqlab.tasks.causal_lm",
 ]
 
 _REGISTRY: dict[str, type[Task]] = {}

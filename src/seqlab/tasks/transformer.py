@@ -47,7 +47,11 @@ class GPTModel(TransformerModel):
 
 class EncoderClassifierModel(TransformerModel):
     norm_first: bool = True
-    pooling: Literal["cls", "mean"] = "mean"
+    pooling: Literal["cls", "mean", "last"] = "mean"
+    # BERT's layout (set by model.init_from=HF_DIR): token types, a LayerNorm on the embeddings.
+    type_vocab_size: int = Field(0, ge=0)
+    embedding_norm: bool = False
+    layer_norm_eps: float = Field(1e-5, gt=0)
 
 
 class TranslateTransformerModel(TransformerModel):
@@ -138,7 +142,8 @@ class TransformerClassifyTask(ClassifyTask):
             self.tokenizer.vocab_size, d_model=m.d_model, nhead=m.nhead, num_layers=m.num_layers,
             dim_feedforward=m.dim_feedforward, dropout=m.dropout, activation=m.activation,
             norm_first=m.norm_first, positional=m.positional, max_length=m.max_length,
-            padding_idx=self.tokenizer.pad_id,
+            type_vocab_size=m.type_vocab_size, embedding_norm=m.embedding_norm,
+            layer_norm_eps=m.layer_norm_eps, padding_idx=self.tokenizer.pad_id,
         )
         return TransformerClassifier(encoder, len(self.labels), pooling=m.pooling, dropout=m.dropout)
 

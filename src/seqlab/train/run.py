@@ -44,6 +44,7 @@ __all__ = [
     "RunDirError",
     "RunResult",
     "TrainingInterrupted",
+    "apply_pretrained_architecture",
     "build_task",
     "default_run_dir",
     "evaluate_run",
@@ -190,10 +191,101 @@ def train(
         teardown_distributed(device_context)
 
 
+def _explicit_keys(config: RunConfig) -> dict[str, object]:
+    """`key: value` of the overrides given on the command line."""
+    from seqlab.train.config import parse_override
+
+    return {".".join(path): value for path, value in map(parse_override, config.overrides)}
+
+
+def apply_pretrained_architecture(config: RunConfig, source) -> RunConfig:
+    """The config with the pre-trained model's architecture in its `model.*` keys.
+
+    The recipe's own sizes give way; a size given on the command line that differs from the
+    pre-trained one is a ConfigError, as is a model family that differs. `data.max_length`
+    shrinks to the positions a pre-trained Transformer has unless it was given explicitly.
+    """
+    from seqlab.models.pretrained import ARCHITECTURE_KEYS
+    from seqlab.tasks import get_task
+
+    schema = get_task(config.task).ModelConfig
+    explicit = _explicit_keys(config)
+    values = apply_overrides({"model": config.model, "data": config.data}, [])
+    model = values["model"]
+    where = f"model.init_from={source.path}"
+    if "family" in schema.model_fields:
+        given = explicit.get("model.family")
+        if given is not None and given != source.family:
+            raise ConfigError(f"model.family={given} contradicts {where}, a {source.family} model; "
+                              f"leave model.family out")
+        model["family"] = source.family
+        section, prefix = model.setdefault(source.family, {}), f"model.{source.family}."
+        fields = schema.model_fields[source.family].annotation.model_fields
+    else:
+        fields = schema.model_fields
+        family = "transformer" if "d_model" in fields else "recurrent" if "cell" in fields else None
+        if family != source.family:
+            raise ConfigError(
+                f"{where} is a {source.family} model, but task {config.task} builds "
+                f"{'a ' + family if family else 'no'} token model; pick a {source.family} recipe"
+            )
+        section, prefix = model, "model."
+    for key in ARCHITECTURE_KEYS:
+        if key not in fields or key not in source.architecture:
+            continue
+        value = source.architecture[key]
+        if prefix + key in explicit and explicit[prefix + key] != value:
+            raise ConfigError(
+                f"{prefix}{key}={explicit[prefix + key]} contradicts {where}, whose {key} is "
+                f"{value}; leave {prefix}{key} out to use the pre-trained size"
+            )
+        section[key] = value
+    positions = section.get("max_length") if source.family == "transformer" else None
+    data_length = values["data"].get("max_length")
+    if positions and data_length and data_length > positions and "data.max_length" not in explicit:
+        values["data"]["max_length"] = positions
+    updated = config.to_dict()
+    updated.update(model=model, data=values["data"])
+    result = validate_config(updated)
+    result.overrides = config.overrides
+    return result
+
+
+def _init_from(config: RunConfig):
+    """(config with the pre-trained architecture, source) for `model.init_from`."""
+    from seqlab.models.pretrained import read_pretrained
+
+    try:
+        source = read_pretrained(config.init_from)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ConfigError(str(exc) if isinstance(exc, ValueError) else
+                          f"model.init_from={config.init_from}: cannot read it ({exc})") from None
+    return apply_pretrained_architecture(config, source), source
+
+
+def _pretrained_tokenizer(source):
+    from seqlab.data.tokenizers import Tokenizer
+
+    if source.tokenizer_file is None:
+        raise ConfigError(f"model.init_from={source.path} has no tokenizer.json; the pre-trained "
+                          f"weights need the tokenizer they were trained with")
+    try:
+        if source.kind == "run":
+            return Tokenizer.load(source.tokenizer_file)
+        return Tokenizer.from_hf_file(source.tokenizer_file)
+    except ValueError as exc:
+        raise ConfigError(f"model.init_from={source.path}: its tokenizer cannot be used: {exc}") from None
+
+
 def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_after_step, console) -> RunResult:
+    source = None
+    if config.init_from and not resume:
+        config, source = _init_from(config)
     trainer = config.trainer
     seed_everything(trainer.seed)
     task = build_task(config)
+    if source is not None:
+        task.pretrained_tokenizer = _pretrained_tokenizer(source)
     if resume:
         run_dir = Path(run_dir)
         if not (run_dir / "checkpoint" / "state.json").is_file():
@@ -211,17 +303,36 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
             )
         _prepare(task, fit_vocab=True)
     model = _build_model(task)
+    report = None
+    if source is not None:
+        from seqlab.models.pretrained import load_matching
+
+        try:
+            report = load_matching(model, source.state, task.head_modules, source.path)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    frozen = _freeze(model, trainer.freeze, task.head_modules)
 
     if context.is_main and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         task.save_artifacts(run_dir)
+        if report is not None:
+            atomic_write_text(run_dir / "init_from.json", json.dumps(
+                {"source": str(source.path), **report.to_dict()}, indent=1) + "\n")
     context.barrier()
     if context.is_main and trainer.progress:
         parameters = sum(p.numel() for p in model.parameters())
         action = "resuming" if resume else "training"
         print(f"seqlab: {action} {config.recipe or config.task} ({config.task}, {parameters:,} parameters) "
               f"on {context.device} x{context.world_size} into {run_dir}", file=sys.stderr, flush=True)
+        for line in report.lines(source.path) if report is not None else []:
+            print(f"seqlab: {line}", file=sys.stderr, flush=True)
+        if frozen:
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            print(f"seqlab: trainer.freeze: {len(frozen)} tensors frozen; {trainable:,} of "
+                  f"{parameters:,} parameters train ({100 * trainable / parameters:.2f} %)",
+                  file=sys.stderr, flush=True)
 
     if trainer.diagnostics and context.is_main and not resume:
         from seqlab.viz.diagnostics import write_run_diagnostics
@@ -262,6 +373,17 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
         plots += write_run_diagnostics(run_dir, "final", task, model, device, trainer.batch_size,
                                        trainer.clip_grad_norm)
     return RunResult(run_dir, summary, result, task.report(model, device), plots)
+
+
+def _freeze(model: torch.nn.Module, patterns: list[str], head_modules) -> list[str]:
+    from seqlab.models.pretrained import freeze_parameters
+
+    if not patterns:
+        return []
+    try:
+        return freeze_parameters(model, patterns, head_modules)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def open_run(run_dir: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, Task, torch.nn.Module, torch.device]:
