@@ -6,6 +6,8 @@
     seqlab predict RUN_DIR [TEXT ...]          (reads lines from stdin when no TEXT is given)
     seqlab compare RECIPE|FILE.yaml [key=v1,v2,... ...] [--variant 'NAME: key=v ...'] [--seeds N]
                    [--threshold 'METRIC<VALUE'] [--out DIR] [--resume DIR]
+    seqlab embed RUN_DIR [TEXT ...] [--format jsonl|npy] [--out FILE]   (stdin when no TEXT)
+    seqlab probe RUN_DIR data.train=PATH data.test=PATH [data.valid=PATH] [--random-init]
     seqlab export RUN_DIR --format onnx|hf --out DIR   (predict / eval also read an ONNX DIR)
     seqlab quantize RUN_DIR|ONNX_DIR --out DIR         (int8 weights, read by predict / eval / serve)
     seqlab serve RUN_DIR|ONNX_DIR [...] [--host 127.0.0.1] [--port 8000]
@@ -270,8 +272,76 @@ def _cmd_compare(args: list[str]) -> int:
     return command_line(args)
 
 
+def _cmd_embed(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="seqlab embed",
+        description="One sentence vector per input text, from a run's best weights.",
+    )
+    parser.add_argument("run_dir")
+    parser.add_argument("texts", nargs="*", help="inputs; read from stdin (one per line) when absent")
+    parser.add_argument("--format", choices=("jsonl", "npy"), default="jsonl",
+                        help="jsonl: one JSON line per text (default); npy: one (N, H) array")
+    parser.add_argument("--out", help="write to this file instead of standard output")
+    parser.add_argument("--batch-size", type=int, default=64)
+    options = parser.parse_args(args)
+    import numpy as np
+
+    from seqlab.embed import embed_texts
+
+    texts = list(options.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    vectors = embed_texts(options.run_dir, texts, batch_size=options.batch_size)
+    if options.format == "npy":
+        if options.out:
+            np.save(options.out, vectors)
+        elif sys.stdout.isatty():
+            from seqlab.schema import ConfigError
+
+            raise ConfigError("--format npy writes binary data: give --out FILE.npy or "
+                              "redirect standard output to a file")
+        else:
+            np.save(sys.stdout.buffer, vectors)
+        return 0
+    lines = (json.dumps({"text": text, "embedding": [round(float(v), 6) for v in vector]})
+             for text, vector in zip(texts, vectors))
+    if options.out:
+        Path(options.out).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    else:
+        for line in lines:
+            print(line)
+    return 0
+
+
+def _cmd_probe(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="seqlab probe",
+        description="Accuracy of a logistic-regression probe on a run's frozen sentence vectors.",
+        epilog="example: seqlab probe runs/pretrain-mlm-... data.train=train.tsv "
+               "data.test=test.tsv data.text_column=sentence",
+    )
+    parser.add_argument("run_dir")
+    parser.add_argument("overrides", nargs="*", help="data.train / data.valid / data.test / "
+                        "data.text_column / data.label_column / probe.C=...")
+    parser.add_argument("--random-init", action="store_true",
+                        help="the run's architecture with fresh random weights (a baseline)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    options = parser.parse_intermixed_args(args)
+    from seqlab.embed import ProbeConfig, probe
+    from seqlab.train.config import _validate, apply_overrides
+
+    config = _validate(ProbeConfig, apply_overrides({}, options.overrides))
+    results = probe(options.run_dir, config, random_init=options.random_init)
+    if options.json:
+        print(json.dumps(results))
+        return 0
+    for split in ("train", "valid", "test"):
+        if f"{split}_accuracy" in results:
+            print(f"{split}: accuracy {results[f'{split}_accuracy']:.4f}")
+    print(f"probe: logistic regression, C={results['C']:g}, {results['dimensions']} dimensions")
+    return 0
+
+
 COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict,
-            "compare": _cmd_compare,
+            "compare": _cmd_compare, "embed": _cmd_embed, "probe": _cmd_probe,
             "export": _cmd_export, "quantize": _cmd_quantize, "serve": _cmd_serve}
 
 

@@ -342,8 +342,9 @@ class PretrainTask(Task):
             loss = masked_lm_loss(out.logits, batch["targets"])
             chosen = batch["targets"] != -100
             count = int(chosen.sum())
-            correct = float((out.logits.argmax(-1)[chosen] == batch["targets"][chosen]).sum())
-            return loss, {"loss": float(loss) * count, "accuracy": correct}, count
+            with torch.no_grad():
+                correct = float((out.logits.argmax(-1)[chosen] == batch["targets"][chosen]).sum())
+            return loss, {"loss": float(loss.detach()) * count, "accuracy": correct}, count
         objective = self.objective
         if "positives" in batch:
             anchors = self._vectors(model, batch["inputs"], batch["lengths"])
@@ -359,7 +360,7 @@ class PretrainTask(Task):
         loss = info_nce(anchors, positives, objective.temperature, symmetric=symmetric)
         count = anchors.size(0)
         accuracy = float(in_batch_accuracy(anchors.detach(), positives.detach()))
-        return loss, {"loss": float(loss) * count, "accuracy": accuracy * count}, count
+        return loss, {"loss": float(loss.detach()) * count, "accuracy": accuracy * count}, count
 
     def training_step(self, model, batch, carry):
         loss, _, count = self._losses(model, batch)
