@@ -121,6 +121,12 @@ class _OnnxRecurrentOp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, lengths, w, r, b, p, mode, direction, option, hidden):
         length, batch = x.shape[:2]
+        if torch.jit.is_tracing():
+            # Exporting: the graph holds the ONNX op (see `symbolic`), and the loop below would
+            # only be recorded to be thrown away. Right shapes are all the tracer needs.
+            y = x.new_zeros(length, w.shape[0], batch, h0.shape[-1])
+            c_n = torch.zeros_like(h0) if c0 is not None else h0.new_zeros(0)
+            return y, torch.zeros_like(h0), c_n
         steps = torch.arange(length, device=x.device)
         if lengths is None:
             lengths = torch.full((batch,), length, dtype=torch.int32, device=x.device)
