@@ -1,0 +1,189 @@
+"""A served model: a run directory (torch) or an export directory (onnxruntime) behind one API.
+
+``predict(inputs)`` gives exactly the lines ``seqlab predict`` prints (it is the task's own
+``predict``); ``probabilities(inputs)`` the class distribution of a classifier; ``stream(...)``
+a language model's continuation one piece of text at a time, drawing the same tokens as the
+model's ``generate`` with the same seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+__all__ = ["ServedModel", "load_model", "stream_tokens"]
+
+KINDS = {"lm": "generate", "lm-transformer": "generate", "translate": "translate",
+         "translate-transformer": "translate", "classify": "classify",
+         "classify-transformer": "classify", "tag": "tag"}
+
+
+@dataclass
+class ServedModel:
+    name: str
+    directory: Path
+    task: object
+    model: object
+    source: str  # "run" or "onnx"
+    quantized: bool = False
+    forward_passes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def kind(self) -> str:
+        """What the page and the API offer: generate, translate, classify, tag or predict."""
+        return KINDS.get(self.task.name, "predict")
+
+    @property
+    def labels(self) -> list[str] | None:
+        vocab = getattr(self.task, "labels", None) or getattr(self.task, "tags", None)
+        return None if vocab is None else [vocab.decode(i) for i in range(len(vocab))]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "task": self.task.name, "kind": self.kind,
+                "source": self.source, "quantized": self.quantized, "labels": self.labels,
+                "max_length": self.max_input_tokens}
+
+    @property
+    def max_input_tokens(self) -> int | None:
+        """The most tokens an input may hold (longer ones are refused), None when unbounded."""
+        config = self.task.model_config
+        limit = getattr(config, "max_source_length", None)
+        if self.kind == "generate":
+            limit = None  # a Transformer slides its window; a recurrent model has no limit
+        return limit
+
+    def count_tokens(self, text: str) -> int:
+        tokenizer = getattr(self.task, "tokenizer", None)
+        return len(text.split()) if tokenizer is None else len(tokenizer.encode(text))
+
+    def predict(self, inputs: list[str]) -> list[str]:
+        """One output line per input, as `seqlab predict` prints it (one forward pass or search)."""
+        with self.lock, torch.no_grad():
+            self.forward_passes += 1
+            return self.task.predict(self.model, inputs, torch.device("cpu"))
+
+    def probabilities(self, inputs: list[str]) -> list[dict[str, float]]:
+        """A classifier's probability for every label, per input (the predict path's encoding)."""
+        from seqlab.data.batching import pad_sequences
+
+        task = self.task
+        tokenizer = task.tokenizer
+        ids = [tokenizer.encode(text)[: task.data.max_length] or [tokenizer.unk_id]
+               for text in inputs]
+        padded, lengths = pad_sequences(ids, pad_value=tokenizer.pad_id)
+        with self.lock, torch.no_grad():
+            self.forward_passes += 1
+            logits = self.model(padded, lengths=lengths).logits.float()
+        labels = self.labels
+        return [{label: round(float(p), 6) for label, p in zip(labels, row)}
+                for row in logits.softmax(-1)]
+
+    def stream(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
+               top_p: float | None, seed: int) -> Iterator[str]:
+        """The continuation of `prompt` as text pieces (one per token, possibly empty)."""
+        tokenizer = self.task.tokenizer
+        ids = tokenizer.encode(prompt) or tokenizer.encode("\n") or [tokenizer.unk_id]
+        generator = torch.Generator().manual_seed(seed)
+        new: list[int] = []
+        text = ""
+        # No lock across yields: the server runs every step of a model on one worker thread.
+        tokens = stream_tokens(self.model, torch.tensor([ids]), max_new_tokens, temperature,
+                               top_k, top_p, generator)
+        while True:
+            with torch.no_grad():
+                token = next(tokens, None)
+            if token is None:
+                return
+            self.forward_passes += 1
+            new.append(int(token[0]))
+            # Decode everything so far: a byte-level token may complete a character only
+            # together with the next one.
+            full = tokenizer.decode(new)
+            piece, text = full[len(text):], full
+            yield piece
+
+
+def stream_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float,
+                  top_k: int | None, top_p: float | None,
+                  generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+    """Yield each new token (N,) of `model.generate(...)` as it is drawn, the same draws.
+
+    Works for a seqlab LanguageModel (carried state), a TransformerLM (key/value cache, then
+    the sliding window) and an exported model (its own `stream`).
+    """
+    from seqlab.decode.sampling import prompt_batch, sample_next_token
+    from seqlab.models import TransformerLM
+
+    if hasattr(model, "stream"):
+        yield from model.stream(prompt_ids, max_new_tokens, temperature, top_k, top_p, generator)
+        return
+    model.eval()
+    device = next(model.parameters()).device
+    prompt_ids = prompt_batch(prompt_ids, max_new_tokens, device)
+    if not isinstance(model, TransformerLM):
+        out = model(prompt_ids)
+        for step in range(max_new_tokens):
+            token = sample_next_token(out.logits[:, -1], temperature=temperature, top_k=top_k,
+                                      top_p=top_p, generator=generator)
+            yield token
+            if step + 1 < max_new_tokens:
+                out = model(token.unsqueeze(1), out.state)
+        return
+    limit = model.max_length
+    tokens, cache = prompt_ids, model.new_cache()
+    logits = model(prompt_ids[:, -limit:], state=cache).logits[:, -1]
+    for step in range(max_new_tokens):
+        token = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  generator=generator)
+        yield token
+        tokens = torch.cat([tokens, token[:, None]], dim=1)
+        if step + 1 == max_new_tokens:
+            break
+        if cache is not None and cache.length == limit:
+            cache = None
+        if cache is not None:
+            logits = model(token[:, None], state=cache).logits[:, -1]
+        else:
+            logits = model(tokens[:, -limit:]).logits[:, -1]
+
+
+def _weights_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(spec: str) -> ServedModel:
+    """`DIR` or `NAME=DIR`: a run directory or an export directory, checked as it loads.
+
+    An export directory's files are checked against their sha256; a run's weights must parse
+    and hold only finite numbers (a run directory records no checksum of its weights).
+    """
+    from seqlab.export.onnx import ExportError
+
+    name, _, path = spec.rpartition("=")
+    directory = Path(path)
+    name = name or directory.resolve().name
+    if (directory / "export.json").is_file():
+        from seqlab.export import open_export, read_manifest
+
+        _, task, model = open_export(directory, threads=None)
+        quantized = bool(read_manifest(directory, verify=False).get("quantized"))
+        return ServedModel(name, directory, task, model, "onnx", quantized)
+    from seqlab.train.run import open_run
+
+    _, task, model, _ = open_run(directory, ["trainer.device=cpu"])
+    bad = [n for n, t in model.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ExportError(f"{directory / 'model.safetensors'} holds non-finite weights ({bad[0]}, "
+                          "...); the file is damaged or the run diverged")
+    return ServedModel(name, directory, task, model.float().eval(), "run")

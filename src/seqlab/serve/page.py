@@ -1,0 +1,135 @@
+"""The page at `/`: pick a served model, type text, see its answer.
+
+Language models stream their tokens as they are drawn (server-sent events read with fetch),
+classifiers show every label's probability as a bar, taggers and translators the output line.
+One self-contained HTML file: no script or style is fetched from elsewhere.
+"""
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>seqlab serve</title>
+<style>
+  body { font-family: system-ui, sans-serif; max-width: 48rem; margin: 2rem auto; padding: 0 1rem; }
+  textarea { width: 100%; min-height: 5rem; font: inherit; }
+  pre { white-space: pre-wrap; background: #f4f4f4; padding: .75rem; min-height: 2rem; }
+  .bar { background: #4a7ebb; height: 1rem; }
+  .row { display: grid; grid-template-columns: 8rem 1fr 4rem; gap: .5rem; align-items: center; }
+  .error { color: #b00020; }
+  label { display: block; margin: .75rem 0 .25rem; }
+</style>
+</head>
+<body>
+<h1>seqlab serve</h1>
+<label for="model">Model</label>
+<select id="model"></select> <span id="kind"></span>
+<label for="text">Input (one per line for predictions)</label>
+<textarea id="text">The </textarea>
+<div id="generate-options">
+  <label for="max-new-tokens">New tokens</label>
+  <input id="max-new-tokens" type="number" value="64" min="0">
+</div>
+<p><button id="run">Run</button></p>
+<pre id="output" aria-live="polite"></pre>
+<div id="probabilities"></div>
+<script>
+const models = {};
+const $ = (id) => document.getElementById(id);
+
+function showError(message) {
+  $("output").innerHTML = "";
+  const span = document.createElement("span");
+  span.className = "error";
+  span.textContent = message;
+  $("output").appendChild(span);
+}
+
+async function loadModels() {
+  const reply = await fetch("/v1/models");
+  const body = await reply.json();
+  for (const model of body.models) {
+    models[model.name] = model;
+    const option = document.createElement("option");
+    option.value = model.name;
+    option.textContent = `${model.name} (${model.kind})`;
+    $("model").appendChild(option);
+  }
+  chooseModel();
+}
+
+function chooseModel() {
+  const model = models[$("model").value];
+  if (!model) return;
+  $("kind").textContent = `${model.task}, ${model.source}${model.quantized ? ", int8" : ""}`;
+  $("generate-options").style.display = model.kind === "generate" ? "" : "none";
+}
+
+async function generate(model) {
+  const reply = await fetch("/v1/generate", {
+    method: "POST", headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({model: model.name, prompt: $("text").value, stream: true,
+                          max_new_tokens: Number($("max-new-tokens").value)}),
+  });
+  if (!reply.ok) { showError((await reply.json()).error.message); return; }
+  $("output").textContent = $("text").value;
+  const reader = reply.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  while (true) {
+    const {value, done} = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, {stream: true});
+    const events = buffer.split("\\n\\n");
+    buffer = events.pop();
+    for (const event of events) {
+      const data = JSON.parse(event.replace(/^data: /, ""));
+      if (data.token !== undefined) $("output").textContent += data.token;
+      if (data.error) showError(data.error.message);
+      if (data.done) $("output").dataset.done = "true";
+    }
+  }
+}
+
+async function predict(model) {
+  const inputs = $("text").value.split("\\n").filter((line) => line.trim());
+  const reply = await fetch("/v1/predict", {
+    method: "POST", headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({model: model.name, inputs: inputs,
+                          probabilities: model.kind === "classify"}),
+  });
+  const body = await reply.json();
+  if (!reply.ok) { showError(body.error.message); return; }
+  $("output").textContent = body.outputs.join("\\n");
+  if (body.probabilities) {
+    const last = body.probabilities[body.probabilities.length - 1];
+    for (const [label, p] of Object.entries(last).sort((a, b) => b[1] - a[1])) {
+      const row = document.createElement("div");
+      row.className = "row";
+      row.innerHTML = `<span></span><div><div class="bar"></div></div><span></span>`;
+      row.children[0].textContent = label;
+      row.children[1].firstChild.style.width = `${(100 * p).toFixed(1)}%`;
+      row.children[2].textContent = p.toFixed(3);
+      $("probabilities").appendChild(row);
+    }
+  }
+  $("output").dataset.done = "true";
+}
+
+$("model").addEventListener("change", chooseModel);
+$("run").addEventListener("click", async () => {
+  const model = models[$("model").value];
+  $("output").textContent = "";
+  delete $("output").dataset.done;
+  $("probabilities").innerHTML = "";
+  try {
+    if (model.kind === "generate") await generate(model); else await predict(model);
+  } catch (error) {
+    showError(String(error));
+  }
+});
+loadModels();
+</script>
+</body>
+</html>
+"""
