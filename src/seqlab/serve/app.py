@@ -75,7 +75,8 @@ class GenerateRequest(BaseModel):
 
     model: StrictStr | None = None
     prompt: StrictStr
-    max_new_tokens: StrictInt = Field(64, ge=0)
+    max_new_tokens: StrictInt | None = Field(
+        None, ge=0, description="default: the run's predict.max_new_tokens, within the limit")
     temperature: float | None = Field(None, ge=0, description="default: the run's predict.temperature")
     top_k: StrictInt | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -248,12 +249,15 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             raise ApiError(422, "not_a_language_model", f"model {served.name!r} is a "
                            f"{served.kind} model; /v1/generate serves language models "
                            f"({', '.join(m.name for m in by_name.values() if m.kind == 'generate') or 'none served'})")
-        if body.max_new_tokens > settings.max_new_tokens:
+        defaults = served.task.predict_config
+        max_new_tokens = body.max_new_tokens
+        if max_new_tokens is None:
+            max_new_tokens = min(defaults.max_new_tokens, settings.max_new_tokens)
+        if max_new_tokens > settings.max_new_tokens:
             raise ApiError(422, "max_new_tokens_too_large", f"max_new_tokens={body.max_new_tokens} "
                            f"is more than the limit of {settings.max_new_tokens}")
         check_text(served, body.prompt, "prompt")
-        defaults = served.task.predict_config
-        options = (body.max_new_tokens,
+        options = (max_new_tokens,
                    defaults.temperature if body.temperature is None else body.temperature,
                    defaults.top_k if body.top_k is None else body.top_k,
                    defaults.top_p if body.top_p is None else body.top_p,

@@ -1,0 +1,53 @@
+"""Tiny runs served in the API tests: a classifier, a GPT and the GPT's ONNX export."""
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
+pytest.importorskip("httpx", reason="the serve extra (fastapi, uvicorn, httpx) is not installed")
+
+TRAINER = ["trainer.max_steps=2", "trainer.progress=false", "trainer.batch_size=4"]
+
+
+def _make_run(recipe, overrides, run_dir):
+    """A run directory (config, tokenizer / labels, weights) with the model's initial weights."""
+    import yaml
+
+    from seqlab.train.checkpoint import save_weights
+    from seqlab.train.config import load_config
+    from seqlab.train.run import build_task, seed_everything
+
+    config = load_config(recipe, overrides + TRAINER)
+    seed_everything(config.trainer.seed)
+    task = build_task(config)
+    task.prepare()
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    task.save_artifacts(run_dir)
+    save_weights(run_dir / "model.safetensors", task.build_model())
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def served_runs(tmp_path_factory):
+    """{"classify": run dir, "gpt": run dir, "gpt-onnx": export dir (None without onnx)}."""
+    root = tmp_path_factory.mktemp("serve-runs")
+    csv = root / "train.csv"
+    rows = [f"the film was {word} and long,{label}" for word, label in
+            [("good", "pos"), ("bad", "neg"), ("great", "pos"), ("dull", "neg")] * 6]
+    csv.write_text("text,label\n" + "\n".join(rows) + "\n")
+    runs = {
+        "classify": _make_run("classify-bilstm", [f"data.train={csv}", "model.hidden_size=4",
+                                                  "model.embedding_dim=4"], root / "classify"),
+        "gpt": _make_run("gpt-charlm", ["model.d_model=8", "model.nhead=2", "model.num_layers=1",
+                                        "model.dim_feedforward=16", "data.max_chars=2000",
+                                        "data.bptt=16", "model.max_length=16",
+                                        "predict.max_new_tokens=20"], root / "gpt"),
+    }
+    try:
+        from seqlab.export import export_onnx
+
+        export_onnx(runs["gpt"], root / "gpt-onnx")
+        runs["gpt-onnx"] = root / "gpt-onnx"
+    except ImportError:
+        runs["gpt-onnx"] = None
+    return runs
