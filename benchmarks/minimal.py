@@ -22,6 +22,7 @@ import argparse
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ from torch import nn
 import seqlab.nn as snn
 
 
-def candidates(size: int) -> list[tuple[str, callable]]:
+def candidates(size: int) -> list[tuple[str, Callable[[], nn.Module]]]:
     return [
         ("MinGRU parallel", lambda: snn.MinGRU(size, size)),
         ("MinGRU sequential", lambda: snn.MinGRU(size, size, parallel=False)),
@@ -134,16 +135,15 @@ def measure(length: int, batch: int, size: int, device: torch.device, repeats: i
 
 
 def markdown(results: dict[int, dict], device: str, batch: int, size: int, repeats: int) -> str:
+    has_peak = any(row["peak_mib"] is not None for rows in results.values() for row in rows.values())
     lines = [
         f"Device: {device}; torch {torch.__version__}; batch N = {batch}, width H_in = H = {size}, "
         f"float32; median of {repeats} interleaved training steps (forward + backward of the "
         "outputs' sum). Memory: bytes autograd saves for the backward pass (parameters excluded)"
-        + ("; peak: the step's peak allocated GPU memory." if results and next(iter(
-            next(iter(results.values())).values()))["peak_mib"] is not None else "."),
+        + ("; peak: the step's peak allocated GPU memory." if has_peak else "."),
         "",
-        "| L | layer | step (ms) | saved for backward (MiB) |"
-        + (" peak (MiB) |" if "cuda" in device.lower() or "CUDA" in device else ""),
-        "|---:|---|---:|---:|" + ("---:|" if "CUDA" in device else ""),
+        "| L | layer | step (ms) | saved for backward (MiB) |" + (" peak (MiB) |" if has_peak else ""),
+        "|---:|---|---:|---:|" + ("---:|" if has_peak else ""),
     ]
     for length, rows in results.items():
         for name, row in rows.items():

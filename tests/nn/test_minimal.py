@@ -1,6 +1,8 @@
 """MinGRU / MinLSTM: the parallel scan against the recurrence written out, the step, lengths, gradients."""
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -251,3 +253,12 @@ def test_bad_arguments_raise_value_error_with_the_fix(make_layer, call, message)
 def test_dropout_with_one_layer_warns():
     with pytest.warns(UserWarning, match="no effect with num_layers=1"):
         MinGRU(3, 4, dropout=0.5)
+
+
+def test_the_docs_python_example_runs():
+    page = Path(__file__).resolve().parents[2] / "docs" / "minimal-rnns.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
+    assert blocks
+    torch.manual_seed(0)
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), {})  # noqa: S102 - our own page
