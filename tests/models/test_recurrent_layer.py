@@ -51,7 +51,7 @@ def test_dropout_only_between_stacked_layers():
 
 
 def test_unknown_cell_names_the_allowed_ones():
-    with pytest.raises(ValueError, match=r"'rnn', 'lstm', 'gru', got 'transformer'"):
+    with pytest.raises(ValueError, match=r"'rnn', 'lstm', 'gru', 'mingru', 'minlstm', got 'transformer'"):
         recurrent_layer("transformer", 3, 4)
 
 
