@@ -1,0 +1,85 @@
+"""The page at `/` in a real browser: Playwright driving Debian's chromium against a live server.
+
+Types into the page, reads the streamed generation and the classifier's answer with its
+probability bars, and keeps a screenshot (in $SEQLAB_TEST_ARTIFACTS, else the test's tmp dir).
+Skipped, with the reason, where Playwright or a chromium binary is missing
+(`apt-get install -y chromium`; Playwright's own browser download is not needed).
+"""
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from seqlab.serve import ServeSettings, create_app, load_model
+from seqlab.train.run import predict_run
+
+playwright_api = pytest.importorskip("playwright.sync_api",
+                                     reason="playwright is not installed (pip install playwright)")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.slow,  # a browser start: several seconds on a shared CPU
+    pytest.mark.skipif(CHROMIUM is None,
+                       reason="no chromium binary; install it with apt-get install -y chromium"),
+]
+
+
+@pytest.fixture
+def live_server(served_runs):
+    import uvicorn
+
+    models = [load_model(f"classify={served_runs['classify']}"),
+              load_model(f"gpt={served_runs['gpt']}")]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(models, ServeSettings()), host="127.0.0.1", port=port,
+                            log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_page_streams_generation_and_shows_probabilities(live_server, served_runs, tmp_path):
+    artifacts = Path(os.environ.get("SEQLAB_TEST_ARTIFACTS", tmp_path))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    expected_text = predict_run(served_runs["gpt"], ["The "])[0]  # 20 new tokens
+    expected_label = predict_run(served_runs["classify"], ["the film was good"])[0]
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM,
+                                             args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(live_server + "/")
+        page.wait_for_selector("#model option[value='gpt']", state="attached")
+
+        page.select_option("#model", "gpt")
+        page.fill("#text", "The ")
+        page.fill("#max-new-tokens", "20")
+        page.click("#run")
+        page.wait_for_selector("#output[data-done='true']", timeout=30_000)
+        assert page.text_content("#output") == expected_text
+
+        page.select_option("#model", "classify")
+        assert not page.is_visible("#max-new-tokens")
+        page.fill("#text", "the film was good")
+        page.click("#run")
+        page.wait_for_selector("#output[data-done='true']", timeout=30_000)
+        assert page.text_content("#output") == expected_label
+        bars = page.query_selector_all("#probabilities .row")
+        assert len(bars) == 2
+        shown = {row.query_selector("span").text_content() for row in bars}
+        assert shown == {"pos", "neg"}
+        page.screenshot(path=str(artifacts / "serve-page.png"), full_page=True)
+        browser.close()
+    assert (artifacts / "serve-page.png").stat().st_size > 1000
