@@ -214,3 +214,16 @@ def test_dropout_acts_on_the_branch_input_only():
     dropped = F.dropout(x, 0.5, training=True)
     expected = layer.base_layer(x) + dropped @ layer.lora_A.T @ layer.lora_B.T
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_minimal_recurrent_layers_take_lora_on_their_input_matrices():
+    from seqlab.nn import MinGRU
+
+    torch.manual_seed(0)
+    holder = nn.Module()
+    holder.rnn = MinGRU(4, 6, num_layers=2, batch_first=True)
+    x = torch.randn(2, 5, 4)
+    expected = holder.rnn(x)[0]
+    report = apply_tuning(holder, "lora", r=2)
+    assert report.targets == ("rnn.weight_ih_l0", "rnn.weight_ih_l1")  # no weight_hh in minGRU
+    torch.testing.assert_close(holder.rnn(x)[0], expected, atol=0, rtol=0)

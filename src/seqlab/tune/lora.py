@@ -195,6 +195,9 @@ class LoraParametrization(TuningModule):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if self.disabled or self.merged:
             return weight
+        if not self.parts:
+            # W + s · B A in one call: this runs at every forward pass.
+            return torch.addmm(weight, self.lora_B, self.lora_A, alpha=self.scaling)
         return weight + self.delta()
 
     def extra_repr(self) -> str:
@@ -226,8 +229,11 @@ def default_lora_targets(model: nn.Module) -> tuple[str, ...]:
     if any(isinstance(m, MultiheadAttention) for m in model.modules()):
         return ("in_proj_weight:q", "in_proj_weight:v")
     names = _candidates(model)
-    if any(fnmatch.fnmatch(name, "*weight_hh_l*") for name in names):
-        return ("weight_ih_l*", "weight_hh_l*")
+    # minGRU / minLSTM have input matrices only.
+    recurrent = tuple(pattern for pattern in ("weight_ih_l*", "weight_hh_l*")
+                      if any(_matches(name, pattern) for name in names))
+    if recurrent:
+        return recurrent
     raise ValueError(
         f"no default LoRA targets for {type(model).__name__}; pass targets, weight name "
         f"patterns among: {', '.join(names)}"
