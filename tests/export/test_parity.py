@@ -13,11 +13,17 @@ from seqlab.train.run import open_run
 TOLERANCE = 1e-4
 
 
+_OPENED = {}
+
+
 def opened(runs, name):
-    run_dir, onnx_dir = runs[name]
-    _, _, model, _ = open_run(run_dir, ["trainer.device=cpu"])
-    _, task, exported = open_export(onnx_dir)
-    return task, model, exported
+    """(task, torch model, exported model) of a family, opened once for all its lengths."""
+    if name not in _OPENED:
+        run_dir, onnx_dir = runs[name]
+        _, _, model, _ = open_run(run_dir, ["trainer.device=cpu"])
+        _, task, exported = open_export(onnx_dir)
+        _OPENED[name] = task, model, exported
+    return _OPENED[name]
 
 
 def id_batch(vocab_size, batch, length, seed):

@@ -434,6 +434,9 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path) -> dict:
     family = model_family(model)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
         raise ExportError(f"{out_dir} exists and is not an export directory; pick an empty --out")
+    if (out_dir / MANIFEST).is_file():  # exporting again: the old graphs go first
+        for old in out_dir.glob("*.onnx"):
+            old.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     graph_model = export_recurrent_layers(model.float().eval())
     graphs = {}
