@@ -227,3 +227,21 @@ def test_minimal_recurrent_layers_take_lora_on_their_input_matrices():
     report = apply_tuning(holder, "lora", r=2)
     assert report.targets == ("rnn.weight_ih_l0", "rnn.weight_ih_l1")  # no weight_hh in minGRU
     torch.testing.assert_close(holder.rnn(x)[0], expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_merge_and_unload_gives_a_plain_model(cell):
+    from seqlab.tune import merge_and_unload, tuning_of
+
+    torch.manual_seed(0)
+    model = SequenceClassifier(3, 8, cell=cell, vocab_size=20, embedding_dim=6,
+                               bidirectional=True).eval()
+    plain_names = set(model.state_dict())
+    apply_tuning(model, "lora", r=2, targets=["weight_ih_l*", "weight_hh_l*", "head"])
+    _randomise_lora(model)
+    ids, lengths = torch.randint(1, 20, (2, 5)), torch.tensor([5, 3])
+    tuned = model(ids, lengths).logits
+    merge_and_unload(model)
+    assert tuning_of(model) is None and type(model) is SequenceClassifier
+    assert type(model.rnn) in (LSTM, GRU) and set(model.state_dict()) == plain_names
+    torch.testing.assert_close(model(ids, lengths).logits, tuned, atol=1e-5, rtol=0)

@@ -6,6 +6,7 @@
     tuned_state_dict(model)                               # only what was trained
     merge(model); unmerge(model)                          # fold LoRA in and out of the weights
     with disable_adapters(model): ...                     # the base model (DPO's reference)
+    merge_and_unload(model)                               # a plain model again, LoRA folded in
 
 A method attaches to a model once; its name and settings are kept on the model
 (``model.seqlab_tuning``) so that :func:`seqlab.tune.save_adapter` can record them.
@@ -38,6 +39,7 @@ __all__ = [
     "apply_tuning",
     "disable_adapters",
     "merge",
+    "merge_and_unload",
     "tuned_state_dict",
     "tuning_of",
     "unmerge",
@@ -189,6 +191,31 @@ def unmerge(model: nn.Module) -> nn.Module:
     """Take the LoRA updates out of the weights again (W <- W - s·B A)."""
     if _foldable(model, "unmerge") == "lora":
         unmerge_lora(model)
+    return model
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Fold LoRA into the weights and take every trace of tuning off the model: wrapped layers
+    become their ``base_layer`` again, parametrised weights plain parameters. The model is then
+    of its own class with its own parameter names (what export and ``seqlab merge`` want);
+    returns it."""
+    merge(model)
+    from torch.nn.utils import parametrize
+
+    from seqlab.tune.lora import LoraLinear, LoraParametrization
+
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LoraLinear):
+                setattr(module, child_name, child.base_layer)
+        if parametrize.is_parametrized(module):
+            for weight in list(module.parametrizations):
+                if any(isinstance(p, LoraParametrization) for p in module.parametrizations[weight]):
+                    # merged: the parametrisation returns the merged original as it is
+                    parametrize.remove_parametrizations(module, weight, leave_parametrized=True)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    del model.seqlab_tuning
     return model
 
 
