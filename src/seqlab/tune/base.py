@@ -26,6 +26,7 @@ __all__ = [
     "base_checksum",
     "base_name",
     "base_state_dict",
+    "count_parameters",
     "default_heads",
     "is_tuning_name",
 ]

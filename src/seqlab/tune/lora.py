@@ -209,7 +209,7 @@ def _candidates(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     """Every weight matrix LoRA can attach to: name -> (owning module, parameter name).
 
     nn.Linear weights, the fused q/k/v matrix, recurrent matrices: any 2-D parameter that is not
-    an embedding table.
+    an embedding table (nor one a tuning method added, nor one parametrised already).
     """
     found = {}
     for module_name, module in model.named_modules():
