@@ -1,4 +1,4 @@
-"""Tiny runs served in the API tests: a classifier, a GPT and the GPT's ONNX export."""
+"""Tiny runs served in the API tests: a classifier, a GPT, its ONNX export, a seq2seq model."""
 
 import pytest
 
@@ -29,7 +29,7 @@ def _make_run(recipe, overrides, run_dir):
 
 @pytest.fixture(scope="session")
 def served_runs(tmp_path_factory):
-    """{"classify": run dir, "gpt": run dir, "gpt-onnx": export dir (None without onnx)}."""
+    """{"classify", "gpt", "reverse": run dirs, "gpt-onnx": export dir (None without onnx)}."""
     root = tmp_path_factory.mktemp("serve-runs")
     csv = root / "train.csv"
     rows = [f"the film was {word} and long,{label}" for word, label in
@@ -42,6 +42,9 @@ def served_runs(tmp_path_factory):
                                         "model.dim_feedforward=16", "data.max_chars=2000",
                                         "data.bptt=16", "model.max_length=16",
                                         "predict.max_new_tokens=20"], root / "gpt"),
+        "reverse": _make_run("reverse-gru", ["model.hidden_size=8", "model.embedding_dim=4",
+                                             "data.train_size=64", "data.valid_size=8",
+                                             "data.test_size=8"], root / "reverse"),
     }
     try:
         from seqlab.export import export_onnx

@@ -203,3 +203,17 @@ def test_a_corrupted_export_is_refused_when_served(served_runs, tmp_path):
     (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text() + " ")
     with pytest.raises(ExportError, match="tokenizer.json does not match its sha256"):
         load_model(str(copy))
+
+
+def test_seq2seq_attention_map(served_runs):
+    served = load_model(f"reverse={served_runs['reverse']}")
+    with TestClient(create_app([served])) as client:
+        body = client.post("/v1/predict", json={"inputs": ["a b c d"], "attention": True}).json()
+        refused = client.post("/v1/predict", json={"inputs": ["a"], "probabilities": True})
+    assert body["outputs"] == predict_run(served_runs["reverse"], ["a b c d"])
+    (attention,) = body["attention"]
+    assert attention["source"] == ["a", "b", "c", "d"]
+    assert len(attention["weights"]) == len(attention["output"]) >= 1
+    for row in attention["weights"]:  # a distribution over the source tokens
+        assert len(row) == 4 and sum(row) == pytest.approx(1.0, abs=1e-3)
+    assert_error(refused, 422, "invalid_request", "classifiers")

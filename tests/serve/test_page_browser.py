@@ -1,7 +1,7 @@
 """The page at `/` in a real browser: Playwright driving Debian's chromium against a live server.
 
-Types into the page, reads the streamed generation and the classifier's answer with its
-probability bars, and keeps a screenshot (in $SEQLAB_TEST_ARTIFACTS, else the test's tmp dir).
+Types into the page, reads the streamed generation, the classifier's answer with its
+probability bars and the seq2seq model's attention heat-map, and keeps screenshots (in $SEQLAB_TEST_ARTIFACTS, else the test's tmp dir).
 Skipped, with the reason, where Playwright or a chromium binary is missing
 (`apt-get install -y chromium`; Playwright's own browser download is not needed).
 """
@@ -32,8 +32,7 @@ pytestmark = [
 def live_server(served_runs):
     import uvicorn
 
-    models = [load_model(f"classify={served_runs['classify']}"),
-              load_model(f"gpt={served_runs['gpt']}")]
+    models = [load_model(f"{name}={served_runs[name]}") for name in ("classify", "gpt", "reverse")]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -81,5 +80,15 @@ def test_page_streams_generation_and_shows_probabilities(live_server, served_run
         shown = {row.query_selector("span").text_content() for row in bars}
         assert shown == {"pos", "neg"}
         page.screenshot(path=str(artifacts / "serve-page.png"), full_page=True)
+
+        page.select_option("#model", "reverse")
+        page.fill("#text", "a b c d")
+        page.click("#run")
+        page.wait_for_selector("#output[data-done='true']", timeout=30_000)
+        assert page.text_content("#output") == predict_run(served_runs["reverse"], ["a b c d"])[0]
+        columns = page.query_selector_all("#attention table.heat thead th")
+        assert [c.text_content() for c in columns] == ["", "a", "b", "c", "d"]
+        assert page.query_selector_all("#attention table.heat tbody tr")
+        page.screenshot(path=str(artifacts / "serve-page-attention.png"), full_page=True)
         browser.close()
     assert (artifacts / "serve-page.png").stat().st_size > 1000

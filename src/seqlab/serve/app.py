@@ -4,7 +4,8 @@
 GET  /               a page to try each model (text in, answer out, tokens streamed)
 GET  /health         {"status": "ok", "models": [names]}
 GET  /v1/models      {"models": [{"name", "task", "kind", "source", "labels", ...}]}
-POST /v1/predict     {"model"?, "inputs": [str], "probabilities"?} -> {"model", "outputs"}
+POST /v1/predict     {"model"?, "inputs": [str], "probabilities"?, "attention"?}
+                     -> {"model", "outputs"[, "probabilities"][, "attention"]}
 POST /v1/generate    {"model"?, "prompt", "max_new_tokens"?, "temperature"?, "top_k"?,
                       "top_p"?, "seed"?, "stream"?} -> events {"token"} ... {"done", "text"},
                       or {"model", "prompt", "completion", "text"} with "stream": false
@@ -68,6 +69,7 @@ class PredictRequest(BaseModel):
     model: StrictStr | None = Field(None, description="a served model's name; optional with one")
     inputs: list[StrictStr] = Field(description="one text per output line")
     probabilities: StrictBool = Field(False, description="classifiers: every label's probability")
+    attention: StrictBool = Field(False, description="seq2seq: greedy decoding's attention")
 
 
 class GenerateRequest(BaseModel):
@@ -227,6 +229,9 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         if body.probabilities and served.kind != "classify":
             raise ApiError(422, "invalid_request", f"probabilities are for classifiers; model "
                            f"{served.name!r} is a {served.kind} model")
+        if body.attention and served.kind != "translate":
+            raise ApiError(422, "invalid_request", f"attention is for seq2seq models; model "
+                           f"{served.name!r} is a {served.kind} model")
         try:
             if served.kind == "generate":
                 # Sampling draws from one seeded generator per call: batching other requests'
@@ -238,6 +243,9 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             if body.probabilities:
                 result["probabilities"] = await within_time(
                     batcher.call(served.probabilities, body.inputs))
+            if body.attention:
+                result["attention"] = [await within_time(batcher.call(served.attention, text))
+                                       for text in body.inputs]
         except ValueError as exc:  # the task refused an input (DataError included)
             raise ApiError(422, "invalid_input", str(exc)) from None
         return result

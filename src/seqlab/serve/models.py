@@ -9,6 +9,7 @@ model's ``generate`` with the same seed.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -83,6 +84,32 @@ class ServedModel:
         labels = self.labels
         return [{label: round(float(p), 6) for label, p in zip(labels, row)}
                 for row in logits.softmax(-1)]
+
+    def attention(self, text: str) -> dict | None:
+        """The attention of greedy decoding over the source: which source tokens each output
+        token read. None for a model whose steps report no weights (a Transformer's)."""
+        task = self.task
+        tokenizer = task.tokenizer
+        ids = tokenizer.encode(text) or [tokenizer.unk_id]
+        cap = max(1, math.ceil(task.predict_config.max_length_ratio * len(ids)))
+        with self.lock, torch.no_grad():
+            self.forward_passes += 1
+            memory = self.model.encode(torch.tensor([ids]), torch.tensor([len(ids)]))
+            state = self.model.init_state(memory)
+            prev = torch.tensor([tokenizer.bos_id])
+            rows, outputs = [], []
+            for _ in range(cap):
+                log_probs, state, weights = self.model.step(prev, state, memory)
+                if weights is None:
+                    return None
+                prev = log_probs.argmax(-1)  # (1,)
+                rows.append([round(float(w), 4) for w in weights[0]])
+                if int(prev) == tokenizer.eos_id:
+                    outputs.append("</s>")
+                    break
+                outputs.append(tokenizer.id_to_token(int(prev)))
+        return {"source": [tokenizer.id_to_token(i) for i in ids], "output": outputs,
+                "weights": rows}
 
     def stream(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
                top_p: float | None, seed: int) -> Iterator[str]:

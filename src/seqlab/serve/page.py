@@ -1,7 +1,9 @@
 """The page at `/`: pick a served model, type text, see its answer.
 
 Language models stream their tokens as they are drawn (server-sent events read with fetch),
-classifiers show every label's probability as a bar, taggers and translators the output line.
+classifiers show every label's probability as a bar, seq2seq models their output line and the
+attention of greedy decoding as a heat-map (a row per output token, a column per source token),
+taggers their output line.
 One self-contained HTML file: no script or style is fetched from elsewhere.
 """
 
@@ -18,6 +20,10 @@ PAGE = """<!doctype html>
   .row { display: grid; grid-template-columns: 8rem 1fr 4rem; gap: .5rem; align-items: center; }
   .error { color: #b00020; }
   label { display: block; margin: .75rem 0 .25rem; }
+  table.heat td { width: 1.6rem; height: 1.2rem; padding: 0; }
+  table.heat th { font-weight: normal; font-size: .8rem; padding: 0 .25rem; }
+  table.heat thead th { writing-mode: vertical-rl; }
+  table.heat caption { caption-side: bottom; text-align: left; white-space: nowrap; }
 </style>
 </head>
 <body>
@@ -33,6 +39,7 @@ PAGE = """<!doctype html>
 <p><button id="run">Run</button></p>
 <pre id="output" aria-live="polite"></pre>
 <div id="probabilities"></div>
+<div id="attention"></div>
 <script>
 const models = {};
 const $ = (id) => document.getElementById(id);
@@ -96,7 +103,8 @@ async function predict(model) {
   const reply = await fetch("/v1/predict", {
     method: "POST", headers: {"Content-Type": "application/json"},
     body: JSON.stringify({model: model.name, inputs: inputs,
-                          probabilities: model.kind === "classify"}),
+                          probabilities: model.kind === "classify",
+                          attention: model.kind === "translate"}),
   });
   const body = await reply.json();
   if (!reply.ok) { showError(body.error.message); return; }
@@ -113,7 +121,36 @@ async function predict(model) {
       $("probabilities").appendChild(row);
     }
   }
+  if (body.attention) drawAttention(body.attention[body.attention.length - 1]);
   $("output").dataset.done = "true";
+}
+
+function drawAttention(map) {
+  if (!map) return;
+  const table = document.createElement("table");
+  table.className = "heat";
+  const head = table.createTHead().insertRow();
+  head.appendChild(document.createElement("th"));
+  for (const token of map.source) {
+    const cell = document.createElement("th");
+    cell.textContent = token;
+    head.appendChild(cell);
+  }
+  const rows = table.createTBody();
+  map.weights.forEach((weights, i) => {
+    const row = rows.insertRow();
+    const name = document.createElement("th");
+    name.textContent = map.output[i];
+    row.appendChild(name);
+    for (const weight of weights) {
+      const cell = row.insertCell();
+      cell.style.background = `rgba(74, 126, 187, ${weight})`;
+      cell.title = weight.toFixed(3);
+    }
+  });
+  const caption = table.createCaption();
+  caption.textContent = "attention of greedy decoding (rows: output tokens, columns: source)";
+  $("attention").appendChild(table);
 }
 
 $("model").addEventListener("change", chooseModel);
@@ -122,6 +159,7 @@ $("run").addEventListener("click", async () => {
   $("output").textContent = "";
   delete $("output").dataset.done;
   $("probabilities").innerHTML = "";
+  $("attention").innerHTML = "";
   try {
     if (model.kind === "generate") await generate(model); else await predict(model);
   } catch (error) {
