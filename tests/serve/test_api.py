@@ -217,3 +217,20 @@ def test_seq2seq_attention_map(served_runs):
     for row in attention["weights"]:  # a distribution over the source tokens
         assert len(row) == 4 and sum(row) == pytest.approx(1.0, abs=1e-3)
     assert_error(refused, 422, "invalid_request", "classifiers")
+
+
+def test_non_finite_run_weights_are_refused(served_runs, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from seqlab.export import ExportError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(served_runs["classify"], copy)
+    tensors = load_file(str(copy / "model.safetensors"))
+    name = next(n for n, t in tensors.items() if t.is_floating_point())
+    tensors[name][0] = float("nan")
+    save_file(tensors, str(copy / "model.safetensors"))
+    with pytest.raises(ExportError, match="non-finite weights"):
+        load_model(str(copy))

@@ -48,7 +48,8 @@ from torch import nn
 
 from seqlab.export.recurrent import export_recurrent_layers
 
-__all__ = ["EXPORT_FORMAT", "MANIFEST", "ExportError", "export_onnx", "file_sha256", "model_family"]
+__all__ = ["EXPORT_FORMAT", "MANIFEST", "ExportError", "check_weights", "export_onnx", "file_sha256",
+           "model_family"]
 
 MANIFEST = "export.json"
 EXPORT_FORMAT = "seqlab-export-1"
@@ -67,6 +68,18 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_weights(model: nn.Module, path: Path) -> None:
+    """Refuse weights with NaN or infinite values (a damaged file, or a run that diverged).
+
+    A run directory records no checksum of its weights; a file that fails to parse is refused
+    when it loads, and this catches what parses but cannot be right.
+    """
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ExportError(f"{path} holds non-finite weights ({name}); the file is damaged or "
+                              "the run diverged")
 
 
 def model_family(model: nn.Module) -> str:
@@ -431,6 +444,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path) -> dict:
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     config, _, model, _ = open_run(run_dir, ["trainer.device=cpu"])
+    check_weights(model, run_dir / "model.safetensors")
     family = model_family(model)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
         raise ExportError(f"{out_dir} exists and is not an export directory; pick an empty --out")

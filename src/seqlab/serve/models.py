@@ -8,7 +8,6 @@ model's ``generate`` with the same seed.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
 from collections.abc import Iterator
@@ -180,21 +179,13 @@ def stream_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperat
             logits = model(tokens[:, -limit:]).logits[:, -1]
 
 
-def _weights_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_model(spec: str) -> ServedModel:
     """`DIR` or `NAME=DIR`: a run directory or an export directory, checked as it loads.
 
     An export directory's files are checked against their sha256; a run's weights must parse
     and hold only finite numbers (a run directory records no checksum of its weights).
     """
-    from seqlab.export.onnx import ExportError
+    from seqlab.export.onnx import check_weights
 
     name, _, path = spec.rpartition("=")
     directory = Path(path)
@@ -208,9 +199,5 @@ def load_model(spec: str) -> ServedModel:
     from seqlab.train.run import open_run
 
     _, task, model, _ = open_run(directory, ["trainer.device=cpu"])
-    bad = [n for n, t in model.state_dict().items()
-           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise ExportError(f"{directory / 'model.safetensors'} holds non-finite weights ({bad[0]}, "
-                          "...); the file is damaged or the run diverged")
+    check_weights(model, directory / "model.safetensors")
     return ServedModel(name, directory, task, model.float().eval(), "run")
