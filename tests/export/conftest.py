@@ -51,6 +51,10 @@ def recipes(tmp):
                                                               "model.embedding_dim=4"]),
         "seq2seq-transformer": ("translate-transformer", TINY_TRANSFORMER + REVERSAL + [
             "predict.beam_size=2"]),
+        "captioner": ("caption-gru", ["data.train_size=24", "data.valid_size=6",
+                                      "data.test_size=5", "model.channels=[4,4]",
+                                      "model.hidden_size=8", "model.embedding_dim=4",
+                                      "data.image_size=16", "predict.max_length=8"]),
     }
 
 

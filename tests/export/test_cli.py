@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from seqlab.cli import main
@@ -90,3 +91,16 @@ def test_train_export_predict_through_the_command_line(tmp_path, capsys):
     expected = capsys.readouterr().out
     assert main(["predict", str(onnx_dir), "the dog runs"]) == 0
     assert capsys.readouterr().out == expected and expected.startswith("the/")
+
+
+def test_captioner_export_predicts_the_runs_captions(runs, tmp_path):
+    from PIL import Image
+
+    run_dir, onnx_dir = runs["captioner"]
+    paths = []
+    for index, colour in enumerate([(255, 0, 0), (0, 128, 255)]):
+        pixels = np.zeros((16, 16, 3), dtype=np.uint8)
+        pixels[4:12, 2 + index * 4:10 + index * 4] = colour
+        paths.append(str(tmp_path / f"image{index}.png"))
+        Image.fromarray(pixels).save(paths[-1])
+    assert predict_export(onnx_dir, paths) == predict_run(run_dir, paths)

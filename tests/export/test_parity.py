@@ -129,3 +129,25 @@ def test_encoder_decoder_steps_and_greedy_tokens_match_torch(runs, name, length)
     assert [tokens for tokens, _ in got] == [tokens for tokens, _ in expected]
 
 
+
+
+def test_captioner_steps_and_greedy_tokens_match_torch(runs):
+    task, model, exported = opened(runs, "captioner")
+    bos, eos = task.tokenizer.bos_id, task.tokenizer.eos_id
+    for batch in (1, 3, 5):
+        images = torch.rand(batch, 3, 16, 16, generator=torch.Generator().manual_seed(batch))
+        ones = torch.ones(batch, dtype=torch.long)
+        with torch.no_grad():
+            memory, onnx_memory = model.encode(images, ones), exported.encode(images, ones)
+            state, onnx_state = model.init_state(memory), exported.init_state(onnx_memory)
+            prev = torch.full((batch,), bos)
+            for _ in range(3):
+                log_probs, state, weights = model.step(prev, state, memory)
+                onnx_log_probs, onnx_state, onnx_weights = exported.step(prev, onnx_state,
+                                                                         onnx_memory)
+                assert (onnx_log_probs - log_probs).abs().max() <= TOLERANCE
+                assert (onnx_weights - weights).abs().max() <= TOLERANCE
+                prev = log_probs.argmax(-1)
+            expected = greedy_decode(model, images, ones, bos, eos, max_length=8)
+            got = greedy_decode(exported, images, ones, bos, eos, max_length=8)
+        assert [tokens for tokens, _ in got] == [tokens for tokens, _ in expected]

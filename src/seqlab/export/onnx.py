@@ -19,6 +19,9 @@ seq2seq (Seq2Seq)             encoder.onnx           src (N, S), src_lengths -> 
                               decoder.onnx (a step)  prev_tokens (N,), memory, memory_mask, ...,
                                                      h [, c] [, feed] -> log_probs (N, V), h_out
                                                      [, c_out] [, feed_out], [attention (N, S)]
+captioner (Captioner)         encoder.onnx           images (N, C_in, P, P) -> memory (N, R, C),
+                                                     [projected_keys], h [, c] [, feed]
+                              decoder.onnx (a step)  as seq2seq's, without memory_mask
 seq2seq-transformer           encoder.onnx           src, src_lengths -> memory_padding,
 (TransformerSeq2Seq)                                 cross_key_k, cross_value_k (N, h, S, d)
                               decoder.onnx (a step)  prev_tokens, memory_padding, past_key_k,
@@ -85,6 +88,7 @@ def check_weights(model: nn.Module, path: Path) -> None:
 def model_family(model: nn.Module) -> str:
     """The export family of a seqlab model, or ExportError naming the ones that export."""
     from seqlab.models import (
+        Captioner,
         LanguageModel,
         Seq2Seq,
         SequenceClassifier,
@@ -101,13 +105,15 @@ def model_family(model: nn.Module) -> str:
         ((TransformerLM,), "lm-transformer"),
         ((Seq2Seq,), "seq2seq"),
         ((TransformerSeq2Seq,), "seq2seq-transformer"),
+        ((Captioner,), "captioner"),
     ]
     for classes, family in families:
         if isinstance(model, classes):
             return family
     raise ExportError(
         f"{type(model).__name__} models do not export to ONNX yet; the families that do are "
-        "classifiers, taggers, recurrent and Transformer language models and seq2seq models"
+        "classifiers, taggers, recurrent and Transformer language models, seq2seq models and "
+        "captioners"
     )
 
 
@@ -167,7 +173,7 @@ class _Seq2SeqEncoderGraph(nn.Module):
         memory = self.model.encode(src, src_lengths)
         state = self.model.init_state(memory)
         hidden = state.hidden if isinstance(state.hidden, tuple) else (state.hidden,)
-        outputs = [memory.outputs, memory.mask]
+        outputs = [memory.outputs] + ([] if memory.mask is None else [memory.mask])
         if memory.projected_keys is not None:
             outputs.append(memory.projected_keys)
         outputs.extend(hidden)
@@ -178,16 +184,18 @@ class _Seq2SeqEncoderGraph(nn.Module):
 
 class _Seq2SeqDecoderGraph(nn.Module):
     def __init__(self, model: nn.Module, projected: bool, lstm: bool, feed: bool,
-                 attention: bool) -> None:
+                 attention: bool, mask: bool = True) -> None:
         super().__init__()
         self.model = model
         self.projected, self.lstm, self.feed, self.attention = projected, lstm, feed, attention
+        self.mask = mask  # a captioner's image regions are all real: no mask
 
     def forward(self, prev_tokens: torch.Tensor, *tensors: torch.Tensor):
         from seqlab.models.seq2seq import DecoderState, EncoderMemory
 
         tensors = list(tensors)
-        outputs, mask = tensors.pop(0), tensors.pop(0)
+        outputs = tensors.pop(0)
+        mask = tensors.pop(0) if self.mask else None
         projected = tensors.pop(0) if self.projected else None
         hidden = (tensors.pop(0), tensors.pop(0)) if self.lstm else tensors.pop(0)
         feed = tensors.pop(0) if self.feed else None
@@ -199,6 +207,11 @@ class _Seq2SeqDecoderGraph(nn.Module):
         if self.attention:
             result.append(weights)
         return tuple(result)
+
+
+class _CaptionerEncoderGraph(_Seq2SeqEncoderGraph):
+    def forward(self, images: torch.Tensor):
+        return super().forward(images, None)
 
 
 class _TransformerEncoderGraph(nn.Module):
@@ -313,8 +326,14 @@ def _transformer_lm_spec(model):
                       ["logits", *present_names], axes)}
 
 
-def _seq2seq_spec(model):
-    src, lengths = _ids(_vocab_size(model.encoder), 3, 5), _lengths_example()
+def _seq2seq_spec(model, captioner: bool = False):
+    if captioner:  # images (N, C_in, P, P) instead of token ids
+        image = model.encoder
+        src = torch.rand(3, image.in_channels, image.image_size, image.image_size,
+                         generator=torch.Generator().manual_seed(0))
+        lengths = torch.ones(3, dtype=torch.long)
+    else:
+        src, lengths = _ids(_vocab_size(model.encoder), 3, 5), _lengths_example()
     with torch.no_grad():
         memory = model.encode(src, lengths)
         state = model.init_state(memory)
@@ -322,15 +341,22 @@ def _seq2seq_spec(model):
     projected = memory.projected_keys is not None
     feed = state.feed is not None
     attention = model.decoder.attention is not None
-    memory_names = ["memory", "memory_mask"] + (["projected_keys"] if projected else [])
+    memory_names = ["memory"] + ([] if captioner else ["memory_mask"])
+    memory_names += ["projected_keys"] if projected else []
     state_names = (["h", "c"] if lstm else ["h"]) + (["feed"] if feed else [])
     encoder_axes = {"src": {0: "batch", 1: "source"}, "src_lengths": {0: "batch"},
                     "memory": {0: "batch", 1: "source"}, "memory_mask": {0: "batch", 1: "source"},
                     "projected_keys": {0: "batch", 1: "source"}, "h": {1: "batch"},
                     "c": {1: "batch"}, "feed": {0: "batch"}}
-    encoder = (_Seq2SeqEncoderGraph(model), (src, lengths), ["src", "src_lengths"],
-               memory_names + state_names, encoder_axes)
-    memory_tensors = [memory.outputs, memory.mask] + ([memory.projected_keys] if projected else [])
+    if captioner:
+        encoder_axes["images"] = {0: "batch"}
+        encoder = (_CaptionerEncoderGraph(model), (src,), ["images"], memory_names + state_names,
+                   encoder_axes)
+    else:
+        encoder = (_Seq2SeqEncoderGraph(model), (src, lengths), ["src", "src_lengths"],
+                   memory_names + state_names, encoder_axes)
+    memory_tensors = [memory.outputs] + ([] if captioner else [memory.mask])
+    memory_tensors += [memory.projected_keys] if projected else []
     hidden = list(state.hidden) if lstm else [state.hidden]
     state_tensors = hidden + ([state.feed] if feed else [])
     out_names = ["log_probs"] + [f"{name}_out" for name in state_names]
@@ -340,8 +366,9 @@ def _seq2seq_spec(model):
                          "attention": {0: "batch", 1: "source"}})
     for name in state_names:
         decoder_axes[name] = decoder_axes[f"{name}_out"] = encoder_axes[name]
-    decoder = (_Seq2SeqDecoderGraph(model, projected, lstm, feed, attention),
-               (src[:, 0], *memory_tensors, *state_tensors), ["prev_tokens", *memory_names,
+    prev_tokens = torch.full((3,), 4, dtype=torch.long)
+    decoder = (_Seq2SeqDecoderGraph(model, projected, lstm, feed, attention, mask=not captioner),
+               (prev_tokens, *memory_tensors, *state_tensors), ["prev_tokens", *memory_names,
                                                              *state_names], out_names, decoder_axes)
     return {"encoder": encoder, "decoder": decoder}
 
@@ -380,8 +407,8 @@ def graph_specs(model: nn.Module, family: str) -> dict:
         return _lm_spec(model)
     if family == "lm-transformer":
         return _transformer_lm_spec(model)
-    if family == "seq2seq":
-        return _seq2seq_spec(model)
+    if family in ("seq2seq", "captioner"):
+        return _seq2seq_spec(model, captioner=family == "captioner")
     return _transformer_seq2seq_spec(model)
 
 
@@ -401,6 +428,8 @@ def _model_info(model: nn.Module, family: str) -> dict:
         info = {"num_layers": model.num_decoder_layers, "num_heads": heads, "head_dim": head_dim}
     elif family == "seq2seq":
         info = {"max_source_length": model.max_source_length}
+    elif family == "captioner":
+        info = {"image_size": model.encoder.image_size, "in_channels": model.encoder.in_channels}
     else:
         info = {"regression": bool(getattr(model, "regression", False))}
     return info

@@ -242,12 +242,15 @@ class OnnxModel:
         if limit is not None and longest > limit:
             raise ValueError(f"source length {longest} is longer than max_source_length={limit}; "
                              "shorten or split the input")
-        out = self.run("encoder", {"src": src.long(), "src_lengths": src_lengths.long()})
+        if self.family == "captioner":
+            out = self.run("encoder", {"images": src.float()})
+        else:
+            out = self.run("encoder", {"src": src.long(), "src_lengths": src_lengths.long()})
         dims = {"h": 1, "c": 1}
         return Rows(out, dims)
 
     def init_state(self, memory: Rows) -> Rows:
-        if self.family == "seq2seq":
+        if self.family in ("seq2seq", "captioner"):
             names = [n for n in ("h", "c", "feed") if n in memory.tensors]
             return Rows({n: memory.tensors[n] for n in names}, {"h": 1, "c": 1})
         batch = memory.tensors["memory_padding"].size(0)
@@ -258,7 +261,7 @@ class OnnxModel:
     def step(self, prev_tokens: torch.Tensor, state: Rows, memory: Rows):
         feeds = {"prev_tokens": prev_tokens.long(), **memory.tensors, **state.tensors}
         out = self.run("decoder", feeds)
-        if self.family == "seq2seq":
+        if self.family in ("seq2seq", "captioner"):
             new = {n: out[f"{n}_out"] for n in state.tensors}
             return out["log_probs"], Rows(new, state.batch_dims), out.get("attention")
         layers = self.info["num_layers"]
@@ -272,10 +275,18 @@ class OnnxModel:
     def reorder_memory(self, memory: Rows, index: torch.Tensor) -> Rows:
         return memory.index_select(index)
 
-    def _seq2seq(self, src, src_lengths, tgt, **_):
-        """Teacher-forced scores of tgt (N, T), one decoder step per position."""
+    def _seq2seq(self, src, *args, **_):
+        """Teacher-forced scores of tgt (N, T), one decoder step per position.
+
+        Called as a seq2seq model, ``(src, src_lengths, tgt)``, or a captioner, ``(images, tgt)``.
+        """
         from seqlab.models.seq2seq import Seq2SeqOutput
 
+        if self.family == "captioner":
+            (tgt,) = args
+            src_lengths = torch.ones(src.size(0), dtype=torch.long)
+        else:
+            src_lengths, tgt = args
         memory = self.encode(src, src_lengths)
         state = self.init_state(memory)
         steps = []
