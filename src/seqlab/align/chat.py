@@ -1,0 +1,139 @@
+"""The chat template: conversations as token ids, with the mask of the tokens a model learns.
+
+Each turn is written as::
+
+    <bos> ROLE ":" " " CONTENT <eos>
+
+``<bos>`` opens a turn and the role name follows it (the role tokens), ``<eos>`` ends it (the
+end-of-turn token). Both are special tokens every seqlab tokenizer holds at fixed ids, so a
+pre-trained run's vocabulary and embedding matrix serve as they are. To ask the model for a
+reply, the prompt ends with the header of an assistant turn, ``<bos> assistant:``; the model
+writes the content and then ``<eos>``, where generation stops.
+
+The loss mask is true exactly on the assistant's content tokens and its closing ``<eos>``
+(learning the end-of-turn token is what makes a reply stop); headers and every other role's
+tokens are read but never scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ROLES", "ChatTemplate", "stream_reply"]
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """Turns conversations into ids; ``tokenizer`` is a :class:`seqlab.data.Tokenizer`."""
+
+    tokenizer: object
+
+    @property
+    def turn_start_id(self) -> int:
+        return self.tokenizer.bos_id
+
+    @property
+    def end_of_turn_id(self) -> int:
+        return self.tokenizer.eos_id
+
+    def header(self, role: str) -> list[int]:
+        """The ids that open a turn of ``role``: ``<bos>`` and the role name."""
+        if role not in ROLES:
+            raise ValueError(f"role {role!r} is not one of: {', '.join(ROLES)}")
+        return [self.turn_start_id] + self.tokenizer.encode(f"{role}:")
+
+    def content(self, text: str) -> list[int]:
+        # A leading space keeps word-initial sub-words as the pre-training text has them.
+        return self.tokenizer.encode(" " + text.strip())
+
+    def encode(self, messages: list[dict], add_generation_prompt: bool = False
+               ) -> tuple[list[int], list[bool]]:
+        """(ids, mask) of a conversation: mask true on the assistant's content and end-of-turn.
+
+        ``add_generation_prompt`` appends the header of an assistant turn (for generation).
+        """
+        ids: list[int] = []
+        mask: list[bool] = []
+        for message in messages:
+            head = self.header(message["role"])
+            body = self.content(message["content"]) + [self.end_of_turn_id]
+            scored = message["role"] == "assistant"
+            ids += head + body
+            mask += [False] * len(head) + [scored] * len(body)
+        if add_generation_prompt:
+            head = self.header("assistant")
+            ids += head
+            mask += [False] * len(head)
+        return ids, mask
+
+    def prompt_and_completion(self, prompt: list[dict], completion: str) -> tuple[list[int], list[int]]:
+        """The ids of a conversation ending in an assistant header, and of a reply to it
+        (content + end-of-turn): the two halves of a preference pair's sequence."""
+        prompt_ids, _ = self.encode(prompt, add_generation_prompt=True)
+        return prompt_ids, self.content(completion) + [self.end_of_turn_id]
+
+    def decode_reply(self, ids: list[int]) -> str:
+        """The text of generated reply ids (up to the end-of-turn token)."""
+        if self.end_of_turn_id in ids:
+            ids = ids[: ids.index(self.end_of_turn_id)]
+        return self.tokenizer.decode(ids).strip()
+
+    def fit_history(self, messages: list[dict], budget: int) -> list[dict]:
+        """The most recent messages whose prompt fits in ``budget`` tokens; a leading system
+        message is always kept. Raises ValueError when even the last message does not fit."""
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        rest = messages[len(system):]
+        for start in range(len(rest)):
+            kept = system + rest[start:]
+            if len(self.encode(kept, add_generation_prompt=True)[0]) <= budget:
+                return kept
+        raise ValueError(
+            f"the last message alone is longer than the {budget} tokens the context leaves for "
+            f"it; write a shorter message or lower max_new_tokens"
+        )
+
+
+@torch.no_grad()
+def stream_reply(
+    model: torch.nn.Module,
+    prompt_ids: list[int],
+    end_of_turn_id: int,
+    max_new_tokens: int,
+    temperature: float = 0.7,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[int]:
+    """Yield the ids of a reply one at a time, until the end-of-turn token (not yielded) or
+    ``max_new_tokens``.
+
+    The prompt is read once; then each token is fed alone with the carried state (a
+    Transformer's key/value cache, a recurrent network's hidden state). A Transformer stops at
+    its ``max_length`` positions.
+    """
+    from seqlab.decode.sampling import sample_next_token
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        state = model.new_cache() if hasattr(model, "new_cache") else None
+        limit = getattr(model, "max_length", None)
+        if limit is not None:
+            max_new_tokens = min(max_new_tokens, limit - len(prompt_ids))
+        out = model(torch.tensor([prompt_ids], device=device), state=state)
+        for step in range(max(max_new_tokens, 0)):
+            token = sample_next_token(out.logits[:, -1], temperature=temperature, top_k=top_k,
+                                      top_p=top_p, generator=generator)  # (1,)
+            if int(token) == end_of_turn_id:
+                return
+            yield int(token)
+            if step + 1 < max_new_tokens:
+                out = model(token[:, None], state=out.state)
+    finally:
+        model.train(was_training)
