@@ -11,6 +11,7 @@
     seqlab export RUN_DIR --format onnx|hf --out DIR   (predict / eval also read an ONNX DIR)
     seqlab quantize RUN_DIR|ONNX_DIR --out DIR         (int8 weights, read by predict / eval / serve)
     seqlab serve RUN_DIR|ONNX_DIR [...] [--host 127.0.0.1] [--port 8000]
+    seqlab merge RUN_DIR --out DIR                 (a LoRA run folded into plain weights)
 
 Exit status: 0 on success, 2 for usage / config / data / run-directory errors (one line on
 stderr, no traceback), 1 when training stops on a non-finite loss, 130 when interrupted.
@@ -253,6 +254,8 @@ def _cmd_serve(args: list[str]) -> int:
                         help="most inputs one forward pass takes (requests are batched together)")
     parser.add_argument("--batch-window-ms", type=float, default=5.0,
                         help="how long a request waits for others to share its forward pass")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads per forward pass (torch and onnxruntime; default: theirs)")
     options = parser.parse_args(args)
 
     def serve() -> int:
@@ -260,7 +263,8 @@ def _cmd_serve(args: list[str]) -> int:
 
         settings = ServeSettings(max_batch_size=options.max_batch_size,
                                  batch_window_ms=options.batch_window_ms)
-        run_server(options.runs, host=options.host, port=options.port, settings=settings)
+        run_server(options.runs, host=options.host, port=options.port, settings=settings,
+                   threads=options.threads)
         return 0
 
     return _with_export_errors(serve)
@@ -340,9 +344,28 @@ def _cmd_probe(args: list[str]) -> int:
     return 0
 
 
+def _cmd_merge(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="seqlab merge",
+        description="Fold a LoRA-tuned run into plain weights: a normal run directory.",
+        epilog="example: seqlab merge runs/bert-classify-lora --out runs/bert-classify-merged",
+    )
+    parser.add_argument("run_dir")
+    parser.add_argument("--out", required=True, help="the directory to write (new or empty)")
+    options = parser.parse_args(args)
+    from seqlab.train.tuning import merge_run
+
+    record = merge_run(options.run_dir, options.out)
+    print(f"merged {record['method']} (r={record['settings']['r']}) of {options.run_dir} into "
+          f"{options.out}/model.safetensors")
+    print(f"next: seqlab eval {options.out}  |  seqlab export {options.out} --out DIR")
+    return 0
+
+
 COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict,
             "compare": _cmd_compare, "embed": _cmd_embed, "probe": _cmd_probe,
-            "export": _cmd_export, "quantize": _cmd_quantize, "serve": _cmd_serve}
+            "export": _cmd_export, "quantize": _cmd_quantize, "serve": _cmd_serve,
+            "merge": _cmd_merge}
 
 
 def main(argv: list[str] | None = None) -> int:

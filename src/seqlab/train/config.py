@@ -8,6 +8,7 @@ A run config has four sections and two names::
     model:   {...}               # validated by the task's ModelConfig (+ init_from, any task)
     objective: {...}             # validated by the task's ObjectiveConfig (pre-training)
     trainer: {...}               # TrainerConfig below (same for every task)
+    tune: {...}                  # TuneConfig below: which weights train (with model.init_from)
     predict: {...}               # validated by the task's PredictConfig
 
 Every section is a pydantic model with ``extra="forbid"``: an unknown key is an error that names
@@ -33,6 +34,7 @@ __all__ = [
     "RunConfig",
     "StrictModel",
     "TrainerConfig",
+    "TuneConfig",
     "apply_overrides",
     "list_recipes",
     "load_config",
@@ -92,6 +94,77 @@ class TrainerConfig(StrictModel):
         return [] if value is None else value
 
 
+# The keys each tuning method reads (seqlab.tune.apply_tuning's settings).
+TUNE_KEYS = {
+    "lora": ("r", "alpha", "dropout", "targets", "rslora"),
+    "adapter": ("reduction_factor", "placement"),
+    "prefix": ("num_virtual_tokens", "reparameterize"),
+    "prompt": ("num_virtual_tokens", "init", "init_text"),
+}
+
+
+class TuneConfig(StrictModel):
+    """`tune.*`: how a run started from `model.init_from` is fitted (seqlab.tune).
+
+    `full` trains every weight (as any run); the others freeze the pre-trained model, attach
+    their own parameters, keep the task head trainable and save only what they trained. A key
+    of another method set away from its default is an error naming that method.
+    """
+
+    method: Literal["full", "lora", "adapter", "prefix", "prompt"] = "full"
+    # LoRA: update s·B A with B (out, r), A (r, in), s = alpha / r (alpha / sqrt(r): rslora).
+    r: int = Field(8, ge=1)
+    alpha: float | None = Field(None, gt=0)  # None: alpha = r
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[str] = Field(default_factory=list)  # weight-name globs; [] = per-family default
+    rslora: bool = False
+    # Bottleneck adapters: size E / reduction_factor, after the feed-forward block (pfeiffer)
+    # or after attention too (houlsby).
+    reduction_factor: float = Field(16, gt=0)
+    placement: Literal["houlsby", "pfeiffer"] = "pfeiffer"
+    # Prefix (keys / values, or initial recurrent states) and prompt (input vectors) tuning.
+    num_virtual_tokens: int = Field(10, ge=1)
+    reparameterize: bool = False
+    init: Literal["random", "vocab", "text"] = "random"
+    init_text: str | None = None
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _split_targets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return [] if value is None else value
+
+    @model_validator(mode="after")
+    def _check_method_keys(self) -> TuneConfig:
+        own = TUNE_KEYS.get(self.method, ())
+        for method, keys in TUNE_KEYS.items():
+            for key in keys:
+                if key in own:
+                    continue
+                value, default = getattr(self, key), type(self).model_fields[key].get_default(
+                    call_default_factory=True)
+                if value != default:
+                    raise ValueError(
+                        f"{key}={value!r} is a setting of method {method}, but "
+                        f"tune.method={self.method} (leave tune.{key} out, or set "
+                        f"tune.method={method})"
+                    )
+        if self.method == "prompt" and (self.init == "text") != (self.init_text is not None):
+            raise ValueError(
+                "init=text and init_text go together: the soft prompt starts from the "
+                "embeddings of that text (e.g. tune.init=text tune.init_text='classify this')"
+            )
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """The method's keyword arguments for :func:`seqlab.tune.apply_tuning`."""
+        settings = {key: getattr(self, key) for key in TUNE_KEYS.get(self.method, ())}
+        if "targets" in settings:
+            settings["targets"] = list(settings["targets"]) or None
+        return settings
+
+
 class RunConfig(StrictModel):
     """The whole run: names plus the four sections (data/model/predict checked by the task)."""
 
@@ -103,6 +176,7 @@ class RunConfig(StrictModel):
     objective: dict[str, Any] = Field(default_factory=dict)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     predict: dict[str, Any] = Field(default_factory=dict)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     # The `key=value` overrides given on the command line (sizes given there must agree with a
     # pre-trained model's); not part of the saved config.
@@ -114,6 +188,16 @@ class RunConfig(StrictModel):
 
         if self.task not in task_names():
             raise ValueError(_unknown_choice("task", self.task, task_names()))
+        if self.tune.method != "full" and not self.model.get("init_from"):
+            raise ValueError(
+                f"tune.method={self.tune.method} tunes a pre-trained model: give "
+                f"model.init_from=RUN_DIR|HF_DIR (or train every weight with tune.method=full)"
+            )
+        if self.tune.method != "full" and self.trainer.freeze:
+            raise ValueError(
+                f"trainer.freeze goes with tune.method=full; tune.method={self.tune.method} "
+                f"freezes every weight it does not train itself (the task head trains)"
+            )
         return self
 
     @property
@@ -136,10 +220,12 @@ class RunConfig(StrictModel):
         return _validate(schema, values, prefix=f"{name}.")
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved config (every default filled in), as written to `config.yaml`."""
+        """The resolved config (every default filled in), as written to `config.yaml`; the
+        `tune` section only for a method other than `full`."""
         model = self.section("model").model_dump()
         if self.init_from:
             model["init_from"] = self.init_from
+        tune = {"tune": self.tune.model_dump()} if self.tune.method != "full" else {}
         return {
             "recipe": self.recipe,
             "description": self.description,
@@ -149,6 +235,7 @@ class RunConfig(StrictModel):
             "objective": self.section("objective").model_dump(),
             "trainer": self.trainer.model_dump(),
             "predict": self.section("predict").model_dump(),
+            **tune,
         }
 
 

@@ -4,7 +4,8 @@ For each step: set the scheduled learning rate, forward under autocast, stop on 
 loss, backward, clip (by value and/or by norm), optimizer step, carry the detached recurrent state
 to the next batch (truncated BPTT). Every `eval_every` steps (or at each epoch end) evaluate on the
 validation split, keep the best weights in `model.safetensors`, update the plateau schedule and
-early stopping. Every `save_every` steps (or at each epoch end) write the full training state to
+early stopping (a run tuned with a parameter-efficient method keeps only what it trains:
+`adapter.safetensors` + `adapter.json`, see `seqlab.train.tuning`). Every `save_every` steps (or at each epoch end) write the full training state to
 `checkpoint/` so that `--resume` continues exactly where the run stopped: batch order depends only
 on (seed, epoch), and the RNG states, optimizer, schedule, carried state, position in the epoch
 and best / early-stopping counters are all restored.
@@ -23,7 +24,9 @@ import torch
 
 from seqlab.tasks.base import Task, to_device
 from seqlab.train.checkpoint import (
+    CheckpointError,
     load_checkpoint,
+    load_weights,
     rng_state,
     save_checkpoint,
     save_weights,
@@ -34,7 +37,8 @@ from seqlab.train.distributed import DistContext
 from seqlab.train.optim import LRSchedule, build_optimizer, clip_gradients
 from seqlab.train.reporting import MetricsLog, ProgressDisplay
 
-__all__ = ["FitResult", "TrainingError", "autocast_context", "detach_carry", "fit"]
+__all__ = ["FitResult", "TrainingError", "autocast_context", "detach_carry", "fit",
+           "load_best_weights", "save_best_weights"]
 
 
 class TrainingError(RuntimeError):
@@ -71,6 +75,60 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def _tuned(model: torch.nn.Module) -> bool:
+    """Whether a parameter-efficient method (not full fine-tuning) is attached to `model`."""
+    from seqlab.tune import tuning_of
+
+    tuning = tuning_of(model)
+    return tuning is not None and tuning["method"] != "full"
+
+
+def save_best_weights(run_dir: Path, model: torch.nn.Module, base_info: dict | None = None) -> None:
+    """`model.safetensors`, or for a tuned model `adapter.safetensors` + `adapter.json`
+    (what it trained, and `base_info`: where its frozen base comes from)."""
+    if _tuned(model):
+        from seqlab.tune import save_adapter
+
+        save_adapter(model, run_dir, base_info)
+    else:
+        save_weights(run_dir / "model.safetensors", model)
+
+
+def load_best_weights(run_dir: Path, model: torch.nn.Module) -> None:
+    """Read back what :func:`save_best_weights` wrote (a tuned model's base stays as it is)."""
+    if _tuned(model):
+        from seqlab.tune import load_adapter
+
+        load_adapter(model, run_dir)
+    else:
+        load_weights(run_dir / "model.safetensors", model)
+
+
+def _model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint keeps: all of them, or what a tuning method trains (the
+    frozen base comes back from the base run on resume)."""
+    if _tuned(model):
+        from seqlab.tune import tuned_state_dict
+
+        return tuned_state_dict(model)
+    return model.state_dict()
+
+
+def _restore_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    if not _tuned(model):
+        model.load_state_dict(state)
+        return
+    from seqlab.tune import tuned_state_dict
+
+    expected = set(tuned_state_dict(model))
+    if set(state) != expected:
+        raise CheckpointError(
+            f"the checkpoint's tensors do not match the tuned model's (missing: "
+            f"{sorted(expected - set(state))[:4]}, unexpected: {sorted(set(state) - expected)[:4]})"
+        )
+    model.load_state_dict(state, strict=False)
+
+
 def _total_steps(cfg: TrainerConfig, steps_per_epoch: int) -> int:
     total = cfg.epochs * steps_per_epoch
     return min(total, cfg.max_steps) if cfg.max_steps else total
@@ -91,11 +149,13 @@ def fit(
     resume: bool = False,
     stop_after_step: int | None = None,
     console=None,
+    base_info: dict | None = None,
 ) -> FitResult:
     """Train `model` on `task` as `cfg` says, writing into `run_dir` (rank 0 only).
 
     `resume=True` continues from `run_dir/checkpoint`. `stop_after_step` ends the run right after
-    that step's checkpoint, as an interruption would (used to test resuming).
+    that step's checkpoint, as an interruption would (used to test resuming). `base_info` goes
+    into a tuned model's `adapter.json` (its base run).
     """
     device = context.device
     model.to(device)
@@ -116,7 +176,6 @@ def fit(
         cfg.plateau_factor, cfg.plateau_patience, mode=task.mode,
     )
     checkpoint_dir = run_dir / "checkpoint"
-    weights_path = run_dir / "model.safetensors"
 
     step, epoch, position = 0, 0, 0
     carry = None
@@ -128,7 +187,7 @@ def fit(
     elapsed_before = 0.0
     if resume:
         state = load_checkpoint(checkpoint_dir)
-        model.load_state_dict(state["model"])
+        _restore_model_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         counters = state["counters"]
@@ -157,7 +216,7 @@ def fit(
         if not context.is_main:
             return
         state = {
-            "model": model.state_dict(),
+            "model": _model_state(model),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "rng": rng_state(),
@@ -185,7 +244,7 @@ def fit(
         if _improved(value, best_value, task.mode):
             best_value, best_step, best_metrics, bad_evals = value, step, metrics, 0
             if context.is_main:
-                save_weights(weights_path, model)
+                save_best_weights(run_dir, model, base_info)
             return False
         bad_evals += 1
         return cfg.early_stopping_patience is not None and bad_evals >= cfg.early_stopping_patience

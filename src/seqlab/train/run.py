@@ -37,7 +37,7 @@ from seqlab.train.distributed import (
     setup_distributed,
     teardown_distributed,
 )
-from seqlab.train.loop import FitResult, autocast_context, fit
+from seqlab.train.loop import FitResult, autocast_context, fit, load_best_weights
 from seqlab.train.reporting import read_metrics
 
 __all__ = [
@@ -281,6 +281,10 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
     source = None
     if config.init_from and not resume:
         config, source = _init_from(config)
+        if config.tune.method == "prompt":
+            from seqlab.train.tuning import prompt_room
+
+            config = prompt_room(config)
     trainer = config.trainer
     seed_everything(trainer.seed)
     task = build_task(config)
@@ -312,6 +316,11 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     frozen = _freeze(model, trainer.freeze, task.head_modules)
+    tuning, tune_record = None, None
+    if config.tune.method != "full":
+        from seqlab.train.tuning import start_tuning
+
+        tuning, tune_record = start_tuning(config, task, model, report, run_dir, resume)
 
     if context.is_main and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -320,6 +329,10 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
         if report is not None:
             atomic_write_text(run_dir / "init_from.json", json.dumps(
                 {"source": str(source.path), **report.to_dict()}, indent=1) + "\n")
+        if tune_record is not None:
+            from seqlab.train.tuning import write_tune_record
+
+            write_tune_record(run_dir, tune_record)
     context.barrier()
     if context.is_main and trainer.progress:
         parameters = sum(p.numel() for p in model.parameters())
@@ -333,6 +346,8 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
             print(f"seqlab: trainer.freeze: {len(frozen)} tensors frozen; {trainable:,} of "
                   f"{parameters:,} parameters train ({100 * trainable / parameters:.2f} %)",
                   file=sys.stderr, flush=True)
+        if tuning is not None:
+            print(f"seqlab: tune {tuning}", file=sys.stderr, flush=True)
 
     if trainer.diagnostics and context.is_main and not resume:
         from seqlab.viz.diagnostics import write_run_diagnostics
@@ -341,13 +356,14 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
                               trainer.batch_size, trainer.clip_grad_norm)
     try:
         result = fit(task, model, trainer, run_dir, context, resume=resume,
-                     stop_after_step=stop_after_step, console=console)
+                     stop_after_step=stop_after_step, console=console,
+                     base_info=tune_record["base"] if tune_record else None)
     except KeyboardInterrupt:
         raise TrainingInterrupted(run_dir) from None
     if result.stop_reason == "interrupted" or not context.is_main:
         return RunResult(run_dir, {}, result)
 
-    load_weights(run_dir / "model.safetensors", model)
+    load_best_weights(run_dir, model)
     device = context.device
     model.to(device)
     eval_batch_size = trainer.eval_batch_size or trainer.batch_size
@@ -361,6 +377,7 @@ def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_
         "steps": result.step, "epochs": result.epoch, "best_step": result.best_step,
         "stop_reason": result.stop_reason, "elapsed_seconds": round(result.elapsed, 2),
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "world_size": context.world_size, "device": str(device),
     }
     _write_summary(run_dir, summary)
@@ -388,9 +405,12 @@ def _freeze(model: torch.nn.Module, patterns: list[str], head_modules) -> list[s
 
 def open_run(run_dir: str | Path, overrides: list[str] | None = None) -> tuple[RunConfig, Task, torch.nn.Module, torch.device]:
     """Config, task (artifacts loaded) and model (best weights loaded) of a finished run."""
+    from seqlab.train.tuning import is_tuned_run, open_tuned
+
     run_dir = Path(run_dir)
     config = load_run_config(run_dir, overrides)
-    if not (run_dir / "model.safetensors").is_file():
+    tuned = is_tuned_run(run_dir)
+    if not tuned and not (run_dir / "model.safetensors").is_file():
         raise RunDirError(f"{run_dir} has no model.safetensors (the run did not get to its first evaluation)")
     try:
         device = resolve_device(config.trainer.device)
@@ -399,7 +419,10 @@ def open_run(run_dir: str | Path, overrides: list[str] | None = None) -> tuple[R
     task = build_task(config)
     _load_artifacts(task, run_dir)
     model = _build_model(task)
-    load_weights(run_dir / "model.safetensors", model)
+    if tuned:
+        open_tuned(task, model, run_dir)  # the base run's weights, then the adapter
+    else:
+        load_weights(run_dir / "model.safetensors", model)
     model.to(device).eval()
     return config, task, model, device
 
