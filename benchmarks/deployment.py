@@ -3,7 +3,7 @@ test of `seqlab serve` with and without on-the-fly batching.
 
     python benchmarks/deployment.py                    # trains (or reuses) the runs, prints tables
     python benchmarks/deployment.py --write            # also appends them to RESULTS.md
-    python benchmarks/deployment.py --minutes 0.5      # shorter training budgets
+    python benchmarks/deployment.py --minutes 0.5      # shorter training budgets (seq2seq: 4 min)
 
 Runs (each trained for `--minutes` of wall clock, reused from `--runs-dir` when present):
 MR sentiment with a BiLSTM (accuracy), a character LSTM and a character GPT on Tiny Shakespeare
@@ -58,7 +58,8 @@ def runs_to_train(minutes: float) -> dict:
             f"data.train={multi30k / 'train'}", f"data.valid={multi30k / 'val'}",
             f"data.test={multi30k / 'test_2016_flickr'}", "data.source_suffix=.de.gz",
             "data.target_suffix=.en.gz", "model.embedding_dim=128", "model.hidden_size=128",
-            "trainer.epochs=1", "trainer.eval_every=100000", *budget], "test", "bleu"),
+            "trainer.epochs=1", "trainer.eval_every=100000", "trainer.progress=false",
+            f"trainer.max_time_minutes={max(minutes, 4.0)}"], "test", "bleu"),
     }
 
 
@@ -234,7 +235,8 @@ def malformed_sweep(port: int) -> list[tuple[str, int, str]]:
     return results
 
 
-def serve_and_load(run_dir: Path, texts: list[str], clients: int, requests: int) -> dict:
+def serve_and_load(run_dir: Path, texts: list[str], clients: int, requests: int,
+                   threads: int) -> dict:
     results = {}
     for label, options in (("on-the-fly batching (5 ms, 32)", ["--max-batch-size", "32",
                                                                "--batch-window-ms", "5"]),
@@ -242,7 +244,7 @@ def serve_and_load(run_dir: Path, texts: list[str], clients: int, requests: int)
         port = free_port()
         command = "import sys; from seqlab.cli import main; sys.exit(main())"
         server = subprocess.Popen([sys.executable, "-c", command, "serve", str(run_dir),
-                                   "--port", str(port), *options],
+                                   "--port", str(port), "--threads", str(threads), *options],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             import httpx
@@ -295,8 +297,9 @@ def report(measured: list[dict], load: dict, args, threads: int) -> str:
             f"({row['int8_bytes'] / row['float_bytes']:.2f}x) | {row['split']} {row['metric']} | "
             f"{m['torch']:.4f} | {m['onnxruntime']:.4f} | {m['int8']:.4f} | {row['difference']:.1e} |")
     if load:
-        lines += ["", (f"Load test: `seqlab serve` of the MR classifier (torch run) on 127.0.0.1, "
-                  f"{args.clients} concurrent clients, {args.requests} one-sentence requests."), "",
+        lines += ["", (f"Load test: `seqlab serve --threads {threads}` of the MR classifier (torch "
+                  f"run) on 127.0.0.1, {args.clients} concurrent clients, {args.requests} "
+                  "one-sentence requests (httpx, keep-alive)."), "",
                   "| server | requests/s | p50 ms | p99 ms | errors | lost |", "|---|---:|---:|---:|---:|---:|"]
         for label in ("on-the-fly batching (5 ms, 32)", "no batching"):
             r = load[label]
@@ -314,7 +317,9 @@ def main() -> None:
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "deployment-benchmark"))
     parser.add_argument("--minutes", type=float, default=1.5)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
+    # One thread each: on a shared 2-core machine two torch threads wait on each other (a
+    # BiLSTM forward of one sentence took 480 ms with 2 threads against 1.4 ms with 1).
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--only", help="substring of the family names to measure")
@@ -339,7 +344,7 @@ def main() -> None:
         print("load test ...", flush=True)
         classifier_dir = runs["classifier (MR, BiLSTM)"][0]
         texts = test_texts("classifier")
-        load = serve_and_load(classifier_dir, texts, args.clients, args.requests)
+        load = serve_and_load(classifier_dir, texts, args.clients, args.requests, args.threads)
     text = report(measured, load, args, args.threads)
     print(text)
     if args.write:

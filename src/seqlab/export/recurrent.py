@@ -185,6 +185,13 @@ class OnnxRecurrent(nn.Module):
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
         self.layer = layer
+        # The ONNX-layout weights, computed once: in the graph they are initializers that feed
+        # the operator directly (which is also what int8 quantisation of the LSTM op looks for).
+        with torch.no_grad():
+            for index in range(layer.num_layers):
+                for name, tensor in zip("wrbp", onnx_weights(layer, index)):
+                    if tensor is not None:
+                        self.register_buffer(f"{name}_l{index}", tensor.detach().clone())
 
     def forward(self, input: Tensor, hx=None, lengths: Tensor | None = None):
         layer = self.layer
@@ -203,7 +210,7 @@ class OnnxRecurrent(nn.Module):
         finals_h, finals_c = [], []
         for index in range(layer.num_layers):
             rows = slice(index * directions, (index + 1) * directions)
-            w, r, b, p = onnx_weights(layer, index)
+            w, r, b, p = (getattr(self, f"{name}_l{index}", None) for name in "wrbp")
             y, h_n, c_n = _OnnxRecurrentOp.apply(
                 x, h0[rows], None if c0 is None else c0[rows], lengths, w, r, b, p,
                 layer.mode, direction, option, hidden)  # y (L, D, N, H)

@@ -179,7 +179,7 @@ def stream_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperat
             logits = model(tokens[:, -limit:]).logits[:, -1]
 
 
-def load_model(spec: str) -> ServedModel:
+def load_model(spec: str, threads: int | None = None) -> ServedModel:
     """`DIR` or `NAME=DIR`: a run directory or an export directory, checked as it loads.
 
     An export directory's files are checked against their sha256; a run's weights must parse
@@ -193,7 +193,7 @@ def load_model(spec: str) -> ServedModel:
     if (directory / "export.json").is_file():
         from seqlab.export import open_export, read_manifest
 
-        _, task, model = open_export(directory, threads=None)
+        _, task, model = open_export(directory, threads=threads)
         quantized = bool(read_manifest(directory, verify=False).get("quantized"))
         return ServedModel(name, directory, task, model, "onnx", quantized)
     from seqlab.train.run import open_run
