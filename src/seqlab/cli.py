@@ -12,6 +12,7 @@
     seqlab quantize RUN_DIR|ONNX_DIR --out DIR         (int8 weights, read by predict / eval / serve)
     seqlab serve RUN_DIR|ONNX_DIR [...] [--host 127.0.0.1] [--port 8000]
     seqlab merge RUN_DIR --out DIR                 (a LoRA run folded into plain weights)
+    seqlab chat RUN_DIR [--temperature T] [--top-p P] [--system TEXT]   (an sft / dpo run)
 
 Exit status: 0 on success, 2 for usage / config / data / run-directory errors (one line on
 stderr, no traceback), 1 when training stops on a non-finite loss, 130 when interrupted.
@@ -362,10 +363,30 @@ def _cmd_merge(args: list[str]) -> int:
     return 0
 
 
+def _cmd_chat(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="seqlab chat",
+        description="Chat with an sft / dpo run: /reset, /temperature T, /top_p P, /exit. Reads "
+                    "the messages from stdin, one per line, when it is not a terminal.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--temperature", type=float, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--system", default=None, help="a system message opening the conversation")
+    parser.add_argument("--seed", type=int, default=0)
+    options = parser.parse_args(args)
+    from seqlab.chat import open_chat, run_chat
+
+    overrides = [f"predict.{key}={value}" for key, value in [
+        ("temperature", options.temperature), ("top_p", options.top_p),
+        ("max_new_tokens", options.max_new_tokens)] if value is not None]
+    return run_chat(open_chat(options.run_dir, options.system, options.seed, overrides))
+
+
 COMMANDS = {"recipes": _cmd_recipes, "train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict,
             "compare": _cmd_compare, "embed": _cmd_embed, "probe": _cmd_probe,
             "export": _cmd_export, "quantize": _cmd_quantize, "serve": _cmd_serve,
-            "merge": _cmd_merge}
+            "merge": _cmd_merge, "chat": _cmd_chat}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ def plot_metrics(records: list[dict], out_dir: str | Path) -> list[Path]:
         axes.grid(alpha=0.3)
         axes.legend()
         figure.tight_layout()
-        path = out_dir / f"{name}.png"
+        path = out_dir / f"{name.replace('/', '_')}.png"  # TRL names: rewards/chosen
         figure.savefig(path, dpi=100)
         plt.close(figure)
         written.append(path)
