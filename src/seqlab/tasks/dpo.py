@@ -57,19 +57,22 @@ class DPOObjective(StrictModel):
     reference: Literal["auto", "copy", "adapters"] = "auto"
 
 
-def encode_pairs(template, pairs, max_length: int, source: str) -> list[tuple[list[int], list[int], list[int]]]:
+def encode_pairs(template, pairs, max_length: int, source: str, numbers=None
+                 ) -> list[tuple[list[int], list[int], list[int]]]:
     """(prompt ids, chosen ids, rejected ids) per pair; answers cut to fit ``max_length`` + 1
-    tokens with their prompt; a prompt that leaves no room for an answer is a DataError."""
+    tokens with their prompt; a prompt that leaves no room for an answer is a DataError naming
+    the pair's number in ``source`` (``numbers``, 1-based; by default the position)."""
     from seqlab.data.readers import DataError
 
     encoded = []
-    for index, pair in enumerate(pairs):
+    numbers = numbers or range(1, len(pairs) + 1)
+    for number, pair in zip(numbers, pairs):
         prompt, chosen = template.prompt_and_completion(pair.prompt, pair.chosen)
         rejected = template.prompt_and_completion(pair.prompt, pair.rejected)[1]
         room = max_length + 1 - len(prompt)
         if room < 1:
             raise DataError(
-                f"{source}: pair {index + 1} has a prompt of {len(prompt)} tokens, longer than the "
+                f"{source}: pair {number} has a prompt of {len(prompt)} tokens, longer than the "
                 f"context data.max_length={max_length}; shorten it or raise data.max_length"
             )
         encoded.append((prompt, chosen[:room], rejected[:room]))
@@ -91,8 +94,11 @@ class PairTask(ChatModelTask):
         train = read_pairs(path)
         if data.valid:
             valid = read_pairs(data.valid)
+            sources = {"train": (path, None), "valid": (data.valid, None)}
         else:
-            train, valid = split_off(train, data.valid_fraction, self.seed)
+            kept, held = split_off(list(range(len(train))), data.valid_fraction, self.seed)
+            train, valid = [train[i] for i in kept], [train[i] for i in held]
+            sources = {"train": (path, [i + 1 for i in kept]), "valid": (path, [i + 1 for i in held])}
         if data.system:
             for pair in train + valid:
                 if pair.prompt[0]["role"] != "system":
@@ -101,8 +107,7 @@ class PairTask(ChatModelTask):
         if fit_vocab:
             self._fit_tokenizer([m["content"] for p in train for m in p.prompt]
                                 + [p.chosen for p in train] + [p.rejected for p in train])
-        self.examples = {split: encode_pairs(self.template, pairs, data.max_length,
-                                             data.valid if split == "valid" and data.valid else path)
+        self.examples = {split: encode_pairs(self.template, pairs, data.max_length, *sources[split])
                          for split, pairs in self.pairs.items()}
 
     def splits(self):

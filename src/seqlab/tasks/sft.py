@@ -219,24 +219,30 @@ class SFTTask(ChatModelTask):
 
         data = self.data
         path = require_path(data.train, "data.train", self.recipe, "chat or prompt/completion JSONL")
-        train = read_conversations(path, data.system)
+        examples = read_conversations(path, data.system)
+        # (file, 1-based example numbers) of each split, for the messages below
         if data.valid:
-            valid = read_conversations(data.valid, data.system)
+            valid_examples = read_conversations(data.valid, data.system)
+            sources = {"train": (path, range(1, len(examples) + 1)),
+                       "valid": (data.valid, range(1, len(valid_examples) + 1))}
         else:
-            train, valid = split_off(train, data.valid_fraction, self.seed)
-        self.conversations = {"train": train, "valid": valid}
+            kept, held = split_off(list(range(len(examples))), data.valid_fraction, self.seed)
+            valid_examples = [examples[i] for i in held]
+            examples = [examples[i] for i in kept]
+            sources = {"train": (path, [i + 1 for i in kept]), "valid": (path, [i + 1 for i in held])}
+        self.conversations = {"train": examples, "valid": valid_examples}
         if fit_vocab:
-            self._fit_tokenizer([m["content"] for c in train for m in c])
+            self._fit_tokenizer([m["content"] for c in examples for m in c])
         self.examples, truncated = {}, 0
         for split, conversations in self.conversations.items():
             encoded = []
-            for index, messages in enumerate(conversations):
+            source, numbers = sources[split]
+            for number, messages in zip(numbers, conversations):
                 ids, mask = self.template.encode(messages)
                 prompt = mask.index(True)
                 if prompt >= data.max_length:
                     raise DataError(
-                        f"{data.train if split == 'train' or not data.valid else data.valid}: "
-                        f"{split} example {index + 1} has a prompt of {prompt} tokens before its "
+                        f"{source}: example {number} has a prompt of {prompt} tokens before its "
                         f"first answer, longer than the context data.max_length={data.max_length}; "
                         f"shorten it or raise data.max_length"
                     )

@@ -1,0 +1,78 @@
+"""The chat template's ids and loss mask, and generation that stops at the end of turn."""
+
+import pytest
+import torch
+from torch import nn
+
+from seqlab.align import ChatTemplate, stream_reply
+from seqlab.data.tokenizers import Tokenizer
+from seqlab.models.outputs import LMOutput
+
+
+@pytest.fixture(scope="module")
+def template():
+    tokenizer = Tokenizer.train(["system: user: assistant: hello there, how are you? fine thanks"],
+                                kind="char")
+    return ChatTemplate(tokenizer)
+
+
+def test_mask_covers_exactly_the_assistant_tokens(template):
+    tok = template.tokenizer
+    messages = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hello"},
+                {"role": "assistant", "content": "hi there"}, {"role": "user", "content": "how are you?"},
+                {"role": "assistant", "content": "fine"}]
+    ids, mask = template.encode(messages)
+    expected_ids, expected_mask = [], []
+    for message in messages:
+        head = [tok.bos_id] + tok.encode(message["role"] + ":")
+        body = tok.encode(" " + message["content"]) + [tok.eos_id]
+        expected_ids += head + body
+        expected_mask += [False] * len(head) + [message["role"] == "assistant"] * len(body)
+    assert ids == expected_ids and mask == expected_mask
+    scored = [i for i, m in zip(ids, mask) if m]
+    assert scored == tok.encode(" hi there") + [tok.eos_id] + tok.encode(" fine") + [tok.eos_id]
+    # every end-of-turn of an assistant turn is learned, no other turn's
+    assert sum(1 for i, m in zip(ids, mask) if m and i == tok.eos_id) == 2
+
+
+def test_generation_prompt_ends_with_the_assistant_header(template):
+    tok = template.tokenizer
+    ids, mask = template.encode([{"role": "user", "content": "hello"}], add_generation_prompt=True)
+    header = [tok.bos_id] + tok.encode("assistant:")
+    assert ids[-len(header):] == header and not any(mask)
+    with pytest.raises(ValueError, match="one of: system, user, assistant"):
+        template.encode([{"role": "bot", "content": "x"}])
+
+
+def test_history_drops_the_oldest_turns_and_keeps_the_system_message(template):
+    messages = [{"role": "system", "content": "be nice"}]
+    for _ in range(5):
+        messages += [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "fine thanks"}]
+    messages.append({"role": "user", "content": "how are you?"})
+    kept = template.fit_history(messages, 80)
+    assert kept[0]["role"] == "system" and kept[-1] == messages[-1]
+    assert len(template.encode(kept, add_generation_prompt=True)[0]) <= 80
+    assert len(template.encode(kept[:1] + messages[-len(kept):], add_generation_prompt=True)[0]) > 80
+    with pytest.raises(ValueError, match="longer than the 10 tokens"):
+        template.fit_history(messages, 10)
+
+
+class CountingLM(nn.Module):
+    """Writes tokens 10, 11, 12, ... and then the end-of-turn token after `length` tokens."""
+
+    def __init__(self, vocab_size, end_id, length):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.vocab_size, self.end_id, self.length = vocab_size, end_id, length
+
+    def forward(self, ids, state=None):
+        written = 0 if state is None else state + 1
+        logits = torch.zeros(ids.size(0), ids.size(1), self.vocab_size)
+        logits[:, -1, self.end_id if written >= self.length else 10 + written] = 5.0
+        return LMOutput(logits=logits, state=written)
+
+
+def test_stream_reply_stops_at_the_end_of_turn():
+    model = CountingLM(30, end_id=3, length=4)
+    assert list(stream_reply(model, [2, 5, 6], end_of_turn_id=3, max_new_tokens=20, temperature=0)) == [10, 11, 12, 13]
+    assert list(stream_reply(model, [2, 5, 6], end_of_turn_id=3, max_new_tokens=2, temperature=0)) == [10, 11]

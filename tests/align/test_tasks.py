@@ -1,0 +1,191 @@
+"""The sft, dpo and reward-model tasks end to end on a tiny toy, `seqlab chat` through stdin,
+and clear errors for bad input."""
+
+import io
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from seqlab.data.readers import DataError
+from seqlab.train.config import load_config
+from seqlab.train.run import open_run, train
+
+WORDS = ["red", "green", "cat", "dog", "sun", "moon", "tree"]
+TINY = ["model.transformer.d_model=32", "model.transformer.nhead=2", "model.transformer.num_layers=1",
+        "model.transformer.max_length=24", "model.transformer.dropout=0.0", "data.max_length=24",
+        "data.tokenizer=word", "trainer.progress=false", "trainer.warmup_steps=0", "trainer.epochs=100",
+        "predict.num_samples=1"]
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("align")
+    rng = random.Random(0)
+    chats = []
+    for index in range(48):
+        word = rng.choice(WORDS)
+        if index % 2:
+            chats.append({"prompt": f"say {word}", "completion": f"{word} {word}"})
+        else:
+            chats.append({"messages": [{"role": "user", "content": f"say {word}"},
+                                       {"role": "assistant", "content": f"{word} {word}"}]})
+    # The preference: answer "sun sun" whatever is asked.
+    pairs = [{"prompt": f"say {w}", "chosen": "sun sun", "rejected": f"{w} {w}"}
+             for w in WORDS * 4 if w != "sun"]
+    chat_path = _write_jsonl(root / "chat.jsonl", chats)
+    pairs_path = _write_jsonl(root / "pairs.jsonl", pairs)
+    sft = root / "sft"
+    train(load_config("sft", [f"data.train={chat_path}", "trainer.max_steps=40", "trainer.lr=0.01",
+                              "trainer.batch_size=16", "trainer.eval_every=40", *TINY]), run_dir=sft)
+    return {"root": root, "chat": chat_path, "pairs": pairs_path, "sft": sft}
+
+
+def test_sft_scores_only_answers_and_learns_the_end_of_turn(toy):
+    _, task, _, _ = open_run(toy["sft"])
+    task.prepare(fit_vocab=False)
+    batch = task._collate("train", [[0]])
+    ids, mask = task.examples["train"][0]
+    targets = batch["targets"][0].tolist()
+    assert [t for t in targets if t != -100] == [i for i, m in zip(ids[1:], mask[1:]) if m]
+    assert targets[-1] == task.tokenizer.eos_id  # the end of turn is a target
+    summary = json.loads((toy["sft"] / "summary.json").read_text())
+    assert summary["valid"]["end_of_turn_accuracy"] == 1.0
+    assert (toy["sft"] / "chat_template.json").is_file()
+
+
+def test_sft_packing_puts_whole_conversations_in_rows(toy):
+    config = load_config("sft", [f"data.train={toy['chat']}", "data.packing=true", *TINY,
+                                 "data.max_length=48", "model.transformer.max_length=48"])
+    from seqlab.train.run import build_task
+
+    task = build_task(config)
+    task.prepare()
+    rows = [row for batch in task.train_batches(0, 4) for row in batch]
+    assert sorted(i for row in rows for i in row) == list(range(len(task.examples["train"])))
+    assert all(sum(len(task.examples["train"][i][0]) for i in row) <= 49 for row in rows)
+    assert max(len(row) for row in rows) > 1
+    first = task.train_batches(0, 4)[0]
+    batch = task.collate(first)
+    # every answer token of every packed conversation is a target (a turn's first token, <bos>,
+    # never is, so nothing is lost at the seams)
+    expected = sum(sum(task.examples["train"][i][1]) for row in first for i in row)
+    assert int((batch["targets"] != -100).sum()) == expected
+
+
+def test_dpo_metrics_reference_and_preference(toy):
+    run = toy["root"] / "dpo"
+    result = train(load_config("dpo", [f"data.train={toy['pairs']}", f"model.init_from={toy['sft']}",
+                                       "trainer.max_steps=6", "trainer.lr=0.003", "trainer.batch_size=8",
+                                       "trainer.eval_every=6", *TINY]), run_dir=run)
+    valid = result.summary["valid"]
+    assert set(valid) >= {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                          "logps/chosen", "logps/rejected"}
+    assert valid["rewards/margins"] == pytest.approx(valid["rewards/chosen"] - valid["rewards/rejected"], abs=1e-5)
+    assert valid["rewards/accuracies"] == 1.0 and valid["loss"] < math.log(2)
+    # The policy evaluated against itself as reference: loss log 2, rewards zero.
+    _, task, model, device = open_run(run)
+    task.prepare(fit_vocab=False)
+    reference = task._reference_model(model)
+    same = task.evaluate(reference, "valid", 8, device)
+    assert same["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert same["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
+    # The preferred answer is given more often than before.
+    from seqlab.train.run import predict_run
+
+    prompts = [f"say {w}" for w in WORDS if w != "sun"]
+    before = predict_run(toy["sft"], prompts, ["predict.temperature=0"]).count("sun sun")
+    after = predict_run(run, prompts, ["predict.temperature=0"]).count("sun sun")
+    assert after > before
+    # The reference is the sft run's model.
+    sft_model = open_run(toy["sft"])[2]
+    assert all(torch.equal(a, b) for a, b in zip(reference.state_dict().values(), sft_model.state_dict().values()))
+
+
+def test_dpo_resumes_to_identical_metrics(toy):
+    overrides = [f"data.train={toy['pairs']}", f"model.init_from={toy['sft']}", "trainer.max_steps=4",
+                 "trainer.lr=0.003", "trainer.batch_size=8", "trainer.eval_every=2", "trainer.save_every=2",
+                 "trainer.log_every=1", *TINY]
+    whole, cut = toy["root"] / "dpo-whole", toy["root"] / "dpo-cut"
+    train(load_config("dpo", overrides), run_dir=whole)
+    train(load_config("dpo", overrides), run_dir=cut, stop_after_step=2)
+    train(load_config("dpo", overrides), run_dir=cut, resume=True)
+    lines = [[json.loads(line)["metrics"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+             for run in (whole, cut)]
+    assert len(lines[0]) == len(lines[1])
+    for a, b in zip(*lines):
+        assert a.keys() == b.keys()
+        assert [a[k] for k in a] == pytest.approx([b[k] for k in b], rel=1e-5, abs=1e-6)
+
+
+def test_reward_model_from_the_sft_run(toy):
+    run = toy["root"] / "rm"
+    result = train(load_config("reward-model", [f"data.train={toy['pairs']}", f"model.init_from={toy['sft']}",
+                                                "trainer.max_steps=8", "trainer.lr=0.003", "trainer.batch_size=8",
+                                                "trainer.eval_every=8", *TINY]), run_dir=run)
+    valid = result.summary["valid"]
+    assert valid["accuracy"] == 1.0 and valid["margin"] > 0
+    assert valid["margin"] == pytest.approx(valid["reward/chosen"] - valid["reward/rejected"], abs=1e-5)
+    loaded = json.loads((run / "init_from.json").read_text())
+    assert loaded["new"] == ["score.weight", "score.bias"] and loaded["unused"] == []
+    from seqlab.models import RewardModel, load
+    from seqlab.train.run import predict_run
+
+    assert isinstance(load(run), RewardModel)
+    good, bad = (float(x) for x in predict_run(run, ["say cat\tsun sun", "say cat\tcat cat"]))
+    assert good > bad
+
+
+def test_chat_through_stdin(toy, monkeypatch, capsys):
+    from seqlab.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("say moon\n/temperature 0\nsay cat\n/top_p 2\n/reset\n"
+                                                 "say tree\n/exit\nsay dog\n"))
+    assert main(["chat", str(toy["sft"]), "--temperature", "0"]) == 0
+    out, err = capsys.readouterr()
+    replies = out.splitlines()
+    assert replies[0] == "moon moon" and replies[-1] == "tree tree" and len(replies) == 3
+    assert "top_p should be a number in (0, 1]" in err and "(conversation reset)" in err
+
+
+def test_chat_refuses_a_run_not_tuned_for_chat(toy, tmp_path, capsys):
+    import shutil
+
+    from seqlab.cli import main
+
+    plain = tmp_path / "plain"
+    shutil.copytree(toy["sft"], plain)
+    (plain / "chat_template.json").unlink()
+    assert main(["chat", str(plain)]) == 2
+    assert "not fine-tuned for chat" in capsys.readouterr().err
+
+
+def test_pairs_missing_a_field(tmp_path):
+    path = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"},
+                                                   {"prompt": "a", "chosen": "b"}])
+    config = load_config("dpo", [f"data.train={path}", *TINY])
+    with pytest.raises(DataError, match=r"line 2: no 'rejected' field"):
+        train(config, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_prompt_longer_than_the_context(tmp_path):
+    long_prompt = "word " * 60
+    pairs = _write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}] * 3
+                         + [{"prompt": long_prompt, "chosen": "b", "rejected": "c"}])
+    with pytest.raises(DataError, match=r"pairs.jsonl: pair 4 has a prompt of \d+ tokens, longer than the context "
+                                        r"data.max_length=24"):
+        train(load_config("dpo", [f"data.train={pairs}", "data.valid_fraction=0.01", *TINY]),
+              run_dir=tmp_path / "run")
+    chats = _write_jsonl(tmp_path / "chats.jsonl", [{"prompt": "a", "completion": "b"}] * 3
+                         + [{"prompt": long_prompt, "completion": "b"}])
+    with pytest.raises(DataError, match=r"chats.jsonl: example 4 has a prompt of \d+ tokens before its first answer, longer than the context data.max_length=24"):
+        train(load_config("sft", [f"data.train={chats}", "data.valid_fraction=0.01", *TINY]),
+              run_dir=tmp_path / "run2")
