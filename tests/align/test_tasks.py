@@ -189,3 +189,18 @@ def test_prompt_longer_than_the_context(tmp_path):
     with pytest.raises(DataError, match=r"chats.jsonl: example 4 has a prompt of \d+ tokens before its first answer, longer than the context data.max_length=24"):
         train(load_config("sft", [f"data.train={chats}", "data.valid_fraction=0.01", *TINY]),
               run_dir=tmp_path / "run2")
+
+
+def test_dpo_under_lora_uses_the_model_with_adapters_off_as_reference(toy):
+    run = toy["root"] / "dpo-lora"
+    train(load_config("dpo", [f"data.train={toy['pairs']}", f"model.init_from={toy['sft']}",
+                              "tune.method=lora", "trainer.max_steps=2", "trainer.log_every=1",
+                              "trainer.lr=0.01", "trainer.batch_size=8", *TINY]), run_dir=run)
+    assert not (run / "reference.safetensors").exists()  # no second copy of the weights
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    # LoRA starts as the identity (B = 0): at the first step the policy is the reference.
+    assert first["step"] == 1 and first["metrics"]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    _, task, model, device = open_run(run)
+    task.prepare(fit_vocab=False)
+    assert task._reference_kind(model) == "adapters"
+    assert task.evaluate(model, "valid", 8, device)["rewards/margins"] != 0.0
