@@ -236,7 +236,7 @@ def malformed_sweep(port: int) -> list[tuple[str, int, str]]:
 
 
 def serve_and_load(run_dir: Path, texts: list[str], clients: int, requests: int,
-                   threads: int) -> dict:
+                   threads: int, sweep: bool = True) -> dict:
     results = {}
     for label, options in (("on-the-fly batching (5 ms, 32)", ["--max-batch-size", "32",
                                                                "--batch-window-ms", "5"]),
@@ -256,7 +256,7 @@ def serve_and_load(run_dir: Path, texts: list[str], clients: int, requests: int,
                 except httpx.HTTPError:
                     time.sleep(0.1)
             results[label] = asyncio.run(load_test(port, texts, clients, requests))
-            if label.startswith("on-the-fly"):
+            if sweep and label.startswith("on-the-fly"):
                 results["sweep"] = malformed_sweep(port)
         finally:
             server.terminate()
@@ -273,8 +273,9 @@ def report(measured: list[dict], load: dict, args, threads: int) -> str:
         f"and onnxruntime; torch {torch.__version__}, onnxruntime "
         f"{__import__('onnxruntime').__version__}; the 2-core machine was shared with other "
         "jobs, so the ratios (candidates interleaved in every repeat) say more than the times"),
-        (f"- each run trained for {args.minutes} min wall clock (small budgets: the metrics are "
-        "for comparing float with int8, not records)"),
+        (f"- each run trained for {args.minutes} min wall clock, the seq2seq model for "
+         f"{max(args.minutes, 4.0)} (small budgets: the metrics compare float with int8, they "
+         "are not records)"),
         ("- classifier: one forward pass of test sentences; LMs: a 32-token prompt, then 32 "
         "greedy steps carrying the state / cache; seq2seq: greedy decoding of test sentences "
         f"(30 steps at most); median of {args.repeats}"), "",
@@ -297,17 +298,20 @@ def report(measured: list[dict], load: dict, args, threads: int) -> str:
             f"({row['int8_bytes'] / row['float_bytes']:.2f}x) | {row['split']} {row['metric']} | "
             f"{m['torch']:.4f} | {m['onnxruntime']:.4f} | {m['int8']:.4f} | {row['difference']:.1e} |")
     if load:
-        lines += ["", (f"Load test: `seqlab serve --threads {threads}` of the MR classifier (torch "
-                  f"run) on 127.0.0.1, {args.clients} concurrent clients, {args.requests} "
-                  "one-sentence requests (httpx, keep-alive)."), "",
-                  "| server | requests/s | p50 ms | p99 ms | errors | lost |", "|---|---:|---:|---:|---:|---:|"]
-        for label in ("on-the-fly batching (5 ms, 32)", "no batching"):
-            r = load[label]
-            lines.append(f"| {label} | {r['throughput']:.0f} | {r['p50']:.0f} | {r['p99']:.0f} | "
-                         f"{r['errors']} | {r['lost']} |")
+        lines += ["", (f"Load test: `seqlab serve --threads {threads}` (torch runs) on 127.0.0.1, "
+                  f"{args.clients} concurrent clients (httpx, keep-alive, in the same machine), "
+                  "one sentence per request: the MR classifier (one forward pass per batch) and "
+                  "the Multi30k model (beam search, 5 beams, per batch)."), "",
+                  "| model | requests | server | requests/s | p50 ms | p99 ms | errors | lost |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|"]
+        for model, count in (("classifier", args.requests), ("seq2seq", args.requests // 4)):
+            for label in ("on-the-fly batching (5 ms, 32)", "no batching"):
+                r = load[model][label]
+                lines.append(f"| {model} | {count} | {label} | {r['throughput']:.1f} | "
+                             f"{r['p50']:.0f} | {r['p99']:.0f} | {r['errors']} | {r['lost']} |")
         lines += ["", ("Malformed requests against the live server (every answer a 4xx with a "
                   "message):"), "", "| request | status | message |", "|---|---:|---|"]
-        for label, status, message in load["sweep"]:
+        for label, status, message in load["classifier"]["sweep"]:
             lines.append(f"| {label} | {status} | {message[:90]} |")
     return "\n".join(lines) + "\n"
 
@@ -343,8 +347,12 @@ def main() -> None:
     if not args.no_load_test:
         print("load test ...", flush=True)
         classifier_dir = runs["classifier (MR, BiLSTM)"][0]
-        texts = test_texts("classifier")
-        load = serve_and_load(classifier_dir, texts, args.clients, args.requests, args.threads)
+        load["classifier"] = serve_and_load(classifier_dir, test_texts("classifier"), args.clients,
+                                            args.requests, args.threads)
+        # A heavier pass per request: beam search (5 beams) over a translation model.
+        seq2seq_dir = runs["seq2seq (Multi30k de-en, BiGRU + attention)"][0]
+        load["seq2seq"] = serve_and_load(seq2seq_dir, test_texts("seq2seq"), args.clients,
+                                         args.requests // 4, args.threads, sweep=False)
     text = report(measured, load, args, args.threads)
     print(text)
     if args.write:
