@@ -380,8 +380,13 @@ class TransformerMaskedLM(nn.Module):
         self.decoder.weight = token.weight
         # The tied matrix scores normalised vectors of length ~sqrt(E): entries of size
         # 1/sqrt(E) start the logits near unit scale (torch's N(0, 1) would start them at
-        # ~sqrt(E) and the loss far above log V).
-        nn.init.normal_(token.weight, std=d_model**-0.5)
+        # ~sqrt(E) and the loss far above log V). Learned positions and token types get the same
+        # scale, or they would drown the tokens in the encoder's input.
+        embedding = encoder.embedding
+        tables = [token, getattr(embedding.position, "embedding", None), embedding.token_type]
+        for table in tables:
+            if table is not None:
+                nn.init.normal_(table.weight, std=d_model**-0.5)
         if token.padding_idx is not None:
             nn.init.zeros_(token.weight[token.padding_idx])
 

@@ -1,0 +1,64 @@
+"""The pretrain task end to end on tiny data: both objectives on both families, resume, errors."""
+
+import json
+
+import pytest
+
+from seqlab.cli import main
+from seqlab.train.config import ConfigError, load_config
+from seqlab.train.run import predict_run, train
+
+from .conftest import TINY_RECURRENT, TINY_TRAINER, TINY_TRANSFORMER, pretrain
+
+
+def test_masked_lm_predicts_masks_and_every_family_objective_pair_trains(tmp_path, corpus,
+                                                                         mlm_run,
+                                                                         mlm_recurrent_run):
+    for run in (mlm_run, mlm_recurrent_run):
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["valid"]["loss"] > 0 and 0 <= summary["valid"]["accuracy"] <= 1
+        (line,) = predict_run(run, ["the <mask> film"])
+        assert line.startswith("the ") and line.endswith(" film") and "<mask>" not in line
+    contrastive = pretrain(tmp_path / "c", corpus, "model.family=recurrent",
+                           recipe="pretrain-contrastive")
+    assert 0 <= contrastive.summary["valid"]["accuracy"] <= 1
+    similarity = predict_run(contrastive.run_dir, ["a good film", "a good film", "music"])
+    assert float(similarity[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_supervised_pairs_and_whole_word_masking(tmp_path, corpus):
+    config = load_config("pretrain-contrastive", [
+        f"data.train={corpus / 'pairs.tsv'}", "data.pair_columns=[first,second]",
+        "data.vocab_size=80", "data.max_length=16", "data.min_frequency=1",
+        *TINY_TRANSFORMER, *TINY_RECURRENT, *TINY_TRAINER])
+    result = train(config, tmp_path / "pairs")
+    assert result.summary["valid"]["loss"] > 0
+    whole = pretrain(tmp_path / "wwm", corpus, "objective.whole_word=true")
+    assert whole.summary["run"]["steps"] == 6
+
+
+def test_an_interrupted_run_resumes_to_the_same_metrics(tmp_path, corpus):
+    options = [f"data.train={corpus / 'text.txt'}", "data.vocab_size=60", "data.max_length=16",
+               "data.min_frequency=1", *TINY_TRANSFORMER, *TINY_TRAINER,
+               "trainer.save_every=2", "trainer.max_steps=6"]
+    config = load_config("pretrain-mlm", options)
+    whole = train(config, tmp_path / "whole")
+    train(config, tmp_path / "cut", stop_after_step=3)
+    resumed = train(config, tmp_path / "cut", resume=True)
+    assert resumed.summary["valid"] == whole.summary["valid"]
+
+
+def test_bad_settings_are_one_line_errors(tmp_path, corpus, capsys):
+    base = ["train", "pretrain-mlm", f"data.train={corpus / 'text.txt'}", "--run-dir",
+            str(tmp_path / "x")]
+    assert main(base + ["model.family=recurrent", "model.recurrent.bidirectional=false"]) == 2
+    assert "bidirectional=true" in capsys.readouterr().err
+    assert main(base + ["model.pooling=cls", "model.family=recurrent"]) == 2
+    assert "does not apply to model.family=recurrent" in capsys.readouterr().err
+    assert main(base + ["objective.mask_replace=[0.5,0.2,0.2]"]) == 2
+    assert "sum to 1" in capsys.readouterr().err
+    assert main(["train", "pretrain-mlm"]) == 2
+    assert "data.train=PATH" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="pair_columns"):
+        load_config("pretrain-mlm", ["data.pair_columns=[a]"])
