@@ -8,7 +8,8 @@ family (model)                graph                  inputs -> outputs
 classifier                    model.onnx             input_ids (N, L), lengths (N,) -> logits (N, C)
 (SequenceClassifier,          (float features:       inputs (N, L, F) instead of input_ids)
 TransformerClassifier)
-tagger (SequenceTagger)       model.onnx             input_ids, lengths -> logits (N, L, C)
+tagger (SequenceTagger,       model.onnx             input_ids, lengths -> logits (N, L, C)
+TransformerTagger)
 lm (LanguageModel)            model.onnx (a step)    input_ids (N, L), h (K, N, H) [, c]
                                                      -> logits (N, L, V), h_out [, c_out]
 lm-transformer                model.onnx (a step)    input_ids (N, L), past_key_k, past_value_k
@@ -96,11 +97,12 @@ def model_family(model: nn.Module) -> str:
         TransformerClassifier,
         TransformerLM,
         TransformerSeq2Seq,
+        TransformerTagger,
     )
 
     families = [
         ((SequenceClassifier, TransformerClassifier), "classifier"),
-        ((SequenceTagger,), "tagger"),
+        ((SequenceTagger, TransformerTagger), "tagger"),
         ((LanguageModel,), "lm"),
         ((TransformerLM,), "lm-transformer"),
         ((Seq2Seq,), "seq2seq"),
