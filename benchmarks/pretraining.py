@@ -2,7 +2,8 @@
 
 For each labelled set (MR, TREC, ... as `sentence<TAB>label` TSV with train / valid / test) and
 each share of its training labels (a seeded subset), two classifiers of the same architecture
-train with the same budget: one from scratch (its own word vocabulary, as a new user would),
+train with the same budget (steps, and a small grid of learning rates of which the best on the
+validation split counts): one from scratch (its own word vocabulary, as a new user would),
 one from the pre-trained run (`model.init_from`, its WordPiece vocabulary). Both keep the
 weights that score best on the whole validation split and are scored on the test split.
 
@@ -52,8 +53,8 @@ def architecture(run: Path, family: str) -> list[str]:
             if k in sizes and sizes[k] is not None]
 
 
-def train(args, family, start, data_set, fraction, train_file, out) -> dict:
-    run_dir = out / "runs" / f"{data_set}-{fraction}-{family}-{start}"
+def train(args, family, start, data_set, fraction, train_file, out, lr) -> dict:
+    run_dir = out / "runs" / f"{data_set}-{fraction}-{family}-{start}-lr{lr:g}"
     folder = args.data / data_set
     overrides = [
         f"data.train={train_file}", f"data.valid={folder / 'valid.tsv'}",
@@ -62,6 +63,7 @@ def train(args, family, start, data_set, fraction, train_file, out) -> dict:
         f"trainer.eval_every={args.eval_every}", "trainer.epochs=1000",
         "trainer.early_stopping_patience=null", "trainer.num_threads=1",
         "trainer.progress=false", f"trainer.seed={args.seed}", "trainer.warmup_steps=0",
+        f"trainer.lr={lr}",
     ]
     pretrained = args.transformer if family == "transformer" else args.recurrent
     if start == "pretrained":
@@ -76,7 +78,7 @@ def train(args, family, start, data_set, fraction, train_file, out) -> dict:
         raise RuntimeError(f"{' '.join(command)}\n{result.stderr[-2000:]}")
     summary = json.loads((run_dir / "summary.json").read_text())
     return {
-        "set": data_set, "fraction": fraction, "family": family, "start": start,
+        "set": data_set, "fraction": fraction, "family": family, "start": start, "lr": lr,
         "train_examples": sum(1 for _ in open(train_file)) - 1,
         "valid_accuracy": summary["valid"]["accuracy"], "test_accuracy": summary["test"]["accuracy"],
         "steps": summary["run"]["steps"], "best_step": summary["run"]["best_step"],
@@ -84,8 +86,19 @@ def train(args, family, start, data_set, fraction, train_file, out) -> dict:
     }
 
 
+def best_by_validation(results: list[dict]) -> list[dict]:
+    """Of the runs that differ only in learning rate, the one with the best validation accuracy."""
+    best: dict[tuple, dict] = {}
+    for r in results:
+        key = (r["set"], r["fraction"], r["family"], r["start"])
+        if key not in best or r["valid_accuracy"] > best[key]["valid_accuracy"]:
+            best[key] = r
+    return list(best.values())
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| set | labels | family | scratch | pre-trained | gain |", "|---|---:|---|---:|---:|---:|"]
+    lines = ["| set | labels | family | scratch | pre-trained | gain | lr (scratch / pre-trained) |",
+             "|---|---:|---|---:|---:|---:|---|"]
     key = {(r["set"], r["fraction"], r["family"], r["start"]): r for r in results}
     for data_set, fraction, family in sorted({(r["set"], r["fraction"], r["family"]) for r in results}):
         scratch = key.get((data_set, fraction, family, "scratch"))
@@ -96,7 +109,7 @@ def table(results: list[dict]) -> str:
         lines.append(
             f"| {data_set} | {int(100 * fraction)} % ({scratch['train_examples']}) | {family} | "
             f"{100 * scratch['test_accuracy']:.1f} | {100 * warm['test_accuracy']:.1f} | "
-            f"{gain:+.1f} |"
+            f"{gain:+.1f} | {scratch['lr']:g} / {warm['lr']:g} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -138,6 +151,8 @@ def main() -> None:
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.3, 1.0])
     parser.add_argument("--families", nargs="+", default=["transformer", "recurrent"])
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--lrs", nargs="+", type=float, default=[5e-4, 2e-3],
+                        help="learning rates tried for every run; the best on validation counts")
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
@@ -156,18 +171,20 @@ def main() -> None:
                                 args.out / "data" / f"{data_set}-{fraction}.tsv")
             for family in args.families:
                 for start in ("scratch", "pretrained"):
-                    jobs.append((family, start, data_set, fraction, train_file))
+                    for lr in args.lrs:
+                        jobs.append((family, start, data_set, fraction, train_file, args.out, lr))
     results = []
     with ThreadPoolExecutor(args.workers) as pool:
-        for result in pool.map(lambda job: train(args, *job, args.out), jobs):
+        for result in pool.map(lambda job: train(args, *job), jobs):
             results.append(result)
             print(json.dumps(result), flush=True)
     machine = f"{platform.processor() or platform.machine()}, {args.workers} trainings at once"
     (args.out / "results.json").write_text(json.dumps({"machine": machine, "results": results},
                                                       indent=1))
-    (args.out / "table.md").write_text(table(results))
-    plot(results, args.out / "accuracy-vs-labels.png")
-    print(table(results))
+    chosen = best_by_validation(results)
+    (args.out / "table.md").write_text(table(chosen))
+    plot(chosen, args.out / "accuracy-vs-labels.png")
+    print(table(chosen))
 
 
 if __name__ == "__main__":

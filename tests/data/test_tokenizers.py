@@ -179,3 +179,15 @@ def test_a_single_string_trains_as_one_text():
         Tokenizer.train("to be", kind="word").get_vocab()
         == Tokenizer.train(["to be"], kind="word").get_vocab()
     )
+
+
+def test_wordpiece_ids_are_the_same_for_the_same_corpus():
+    texts = [f"the unbelievable {word} sat on the {word}s" for word in
+             ("cat", "dog", "mat", "hat", "bat", "rat", "cats", "dogs")] * 5
+    first = Tokenizer.train(texts, kind="wordpiece", vocab_size=60, lowercase=True)
+    for _ in range(3):
+        again = Tokenizer.train(texts, kind="wordpiece", vocab_size=60, lowercase=True)
+        assert again.get_vocab() == first.get_vocab()
+    assert first.tokens("The unbelievable cats") == ["the", "unbelievable", "cats"]
+    assert [first.id_to_token(i) for i in range(5)] == list(SPECIAL_TOKENS)
+    assert first.decode(first.encode("the cats sat")) == "the cats sat"

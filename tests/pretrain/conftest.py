@@ -29,7 +29,8 @@ def corpus(tmp_path_factory):
     for text in sentences(120, seed=1):
         rows.append(f"{text}\t{'positive' if 'good' in text or 'great' in text else 'negative'}")
     (folder / "labelled.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    pairs = ["first\tsecond"] + [f"{t}\t{t.upper()}" for t in sentences(100, seed=2)]
+    pairs = ["first\tsecond"] + [f"{t}\t{' '.join(reversed(t.split()))}"
+                                  for t in sentences(100, seed=2)]
     (folder / "pairs.tsv").write_text("\n".join(pairs) + "\n", encoding="utf-8")
     return folder
 

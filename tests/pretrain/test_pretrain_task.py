@@ -18,7 +18,9 @@ def test_masked_lm_predicts_masks_and_every_family_objective_pair_trains(tmp_pat
         summary = json.loads((run / "summary.json").read_text())
         assert summary["valid"]["loss"] > 0 and 0 <= summary["valid"]["accuracy"] <= 1
         (line,) = predict_run(run, ["the <mask> film"])
-        assert line.startswith("the ") and line.endswith(" film") and "<mask>" not in line
+        # the mask is filled with a regular token (with this tiny vocabulary, maybe a piece)
+        assert line.startswith("the") and line.endswith("film") and "<mask>" not in line
+        assert len(line) > len("the film")
     contrastive = pretrain(tmp_path / "c", corpus, "model.family=recurrent",
                            recipe="pretrain-contrastive")
     assert 0 <= contrastive.summary["valid"]["accuracy"] <= 1

@@ -244,6 +244,14 @@ class Tokenizer:
         if isinstance(texts, str):
             texts = [texts]  # one document, not an iterable of one-character texts
         backend.train_from_iterator(iter(texts), trainer=trainer)
+        if kind == "wordpiece":
+            # The trainer finds the same pieces every time but numbers them in a varying order;
+            # number them by their text so the same corpus always gives the same ids.
+            vocab = backend.get_vocab()
+            pieces = sorted(set(vocab) - set(SPECIAL_TOKENS), key=lambda p: (p.startswith("##"), p))
+            ordered = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(pieces))}
+            backend.model = models.WordPiece(ordered, unk_token="<unk>",
+                                             continuing_subword_prefix="##")
         return cls(
             backend,
             kind=kind,
