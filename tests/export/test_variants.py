@@ -49,3 +49,23 @@ def test_every_recurrent_variant_exports(tmp_path, cell, options):
         assert np.abs(got[valid] - expected.numpy()[valid]).max() <= TOLERANCE
 
 
+
+
+def test_transformer_tagger_exports(tmp_path):
+    from seqlab.export.onnx import _export_graph, graph_specs, model_family
+    from seqlab.models import TransformerEncoderModel, TransformerTagger
+
+    torch.manual_seed(0)
+    encoder = TransformerEncoderModel(20, d_model=8, nhead=2, num_layers=1, dropout=0.0,
+                                      max_length=24)
+    model = TransformerTagger(encoder, 3, dropout=0.0).eval()
+    module, inputs, names, outputs, axes = graph_specs(model, model_family(model))["model"]
+    _export_graph(module, inputs, names, outputs, axes, tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    for length in (1, 7, 19):
+        ids, lengths = id_batch(20, 3, length, seed=length)
+        with torch.no_grad():
+            expected = model(ids, lengths=lengths).logits
+        (got,) = session.run(None, {"input_ids": ids.numpy(), "lengths": lengths.numpy()})
+        valid = (torch.arange(length)[None, :] < lengths[:, None]).numpy()
+        assert np.abs(got[valid] - expected.numpy()[valid]).max() <= TOLERANCE
