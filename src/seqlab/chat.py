@@ -119,6 +119,7 @@ def open_chat(run_dir, system: str | None = None, seed: int = 0, overrides: list
     if not getattr(task, "chats", False):
         raise RunDirError(f"{run_dir} is a {task.name} run, which does not write replies; chat with "
                           f"an sft or dpo run")
+    model = getattr(model, "language_model", model)  # a PPO run's policy holds a value head
     return ChatSession(task, model, device, system=system or task.data.system, seed=seed)
 
 

@@ -32,11 +32,14 @@ def toy(tmp_path_factory):
     chats = []
     for index in range(48):
         word = rng.choice(WORDS)
+        # One answer in six is "sun sun" whatever is asked: the sft model writes both, and
+        # the preference and reward below favour it.
+        answer = "sun sun" if index % 6 == 5 else f"{word} {word}"
         if index % 2:
-            chats.append({"prompt": f"say {word}", "completion": f"{word} {word}"})
+            chats.append({"prompt": f"say {word}", "completion": answer})
         else:
             chats.append({"messages": [{"role": "user", "content": f"say {word}"},
-                                       {"role": "assistant", "content": f"{word} {word}"}]})
+                                       {"role": "assistant", "content": answer}]})
     # The preference: answer "sun sun" whatever is asked.
     pairs = [{"prompt": f"say {w}", "chosen": "sun sun", "rejected": f"{w} {w}"}
              for w in WORDS * 4 if w != "sun"]
@@ -111,7 +114,7 @@ def test_dpo_metrics_reference_and_preference(toy):
 
 def test_dpo_resumes_to_identical_metrics(toy):
     overrides = [f"data.train={toy['pairs']}", f"model.init_from={toy['sft']}", "trainer.max_steps=4",
-                 "trainer.lr=0.003", "trainer.batch_size=8", "trainer.eval_every=2", "trainer.save_every=2",
+                 "trainer.lr=0.003", "trainer.batch_size=8", "trainer.eval_every=4", "trainer.save_every=2",
                  "trainer.log_every=1", *TINY]
     whole, cut = toy["root"] / "dpo-whole", toy["root"] / "dpo-cut"
     train(load_config("dpo", overrides), run_dir=whole)
@@ -204,3 +207,57 @@ def test_dpo_under_lora_uses_the_model_with_adapters_off_as_reference(toy):
     task.prepare(fit_vocab=False)
     assert task._reference_kind(model) == "adapters"
     assert task.evaluate(model, "valid", 8, device)["rewards/margins"] != 0.0
+
+
+@pytest.fixture()
+def sun_reward(tmp_path, monkeypatch):
+    """objective.reward_fn=toy_rewards:sun — half a point per "sun" in the reply."""
+    (tmp_path / "toy_rewards.py").write_text(
+        "def sun(prompts, replies):\n    return [reply.split().count('sun') / 2 for reply in replies]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"say {w}\n" for w in WORDS * 4 if w != "sun"))
+    return prompts
+
+
+def _rl_overrides(toy, prompts, steps):
+    return [f"data.train={prompts}", f"model.init_from={toy['sft']}", "objective.reward_fn=toy_rewards:sun",
+            "objective.max_new_tokens=3", "data.valid_fraction=0.2", f"trainer.max_steps={steps}",
+            "trainer.lr=0.003", f"trainer.eval_every={steps}", "trainer.batch_size=6", *TINY]
+
+
+def test_ppo_first_epoch_ratio_one_and_no_kl(toy, sun_reward):
+    run = toy["root"] / "ppo-first"
+    train(load_config("ppo", _rl_overrides(toy, sun_reward, 2)), run_dir=run)
+    first = json.loads((run / "rl.jsonl").read_text().splitlines()[0])
+    assert first["ppo_epoch"] == 0 and first["ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert first["clip_fraction"] == 0.0 and first["approx_kl"] == pytest.approx(0.0, abs=1e-9)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy is still the reference
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["ppo", "grpo"])
+def test_ppo_and_grpo_raise_the_reward(toy, sun_reward, recipe):
+    run = toy["root"] / f"{recipe}-toy"
+    extra = ["objective.group_size=4", "trainer.batch_size=3"] if recipe == "grpo" else []
+    result = train(load_config(recipe, _rl_overrides(toy, sun_reward, 16) + extra + ["trainer.lr=0.01"]),
+                   run_dir=run)
+    # The starting model (the reference) sampled on the same validation prompts.
+    _, task, model, device = open_run(run)
+    task.prepare(fit_vocab=False)
+    before = task.evaluate(task._reference_model(model), "valid", 8, device)["reward"]
+    assert result.summary["valid"]["reward"] >= before + 0.3
+
+
+def test_reward_run_with_another_tokenizer(toy, sun_reward, tmp_path):
+    from seqlab.data.tokenizers import Tokenizer
+    from seqlab.train.config import ConfigError
+
+    other = tmp_path / "other-rm"
+    other.mkdir()
+    Tokenizer.train(["completely different text"], kind="char").save(other / "tokenizer.json")
+    overrides = [o for o in _rl_overrides(toy, sun_reward, 2) if not o.startswith("objective.reward_fn")]
+    with pytest.raises(ConfigError, match="the reward run's tokenizer differs from the policy's"):
+        train(load_config("ppo", [*overrides, f"objective.reward_from={other}"]), run_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="exactly one of objective.reward_from"):
+        train(load_config("ppo", overrides), run_dir=tmp_path / "run")

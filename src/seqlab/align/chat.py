@@ -108,9 +108,10 @@ def stream_reply(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    include_end: bool = False,
 ) -> Iterator[int]:
-    """Yield the ids of a reply one at a time, until the end-of-turn token (not yielded) or
-    ``max_new_tokens``.
+    """Yield the ids of a reply one at a time, until the end-of-turn token (yielded only with
+    ``include_end``) or ``max_new_tokens``.
 
     The prompt is read once; then each token is fed alone with the carried state (a
     Transformer's key/value cache, a recurrent network's hidden state). A Transformer stops at
@@ -131,6 +132,8 @@ def stream_reply(
             token = sample_next_token(out.logits[:, -1], temperature=temperature, top_k=top_k,
                                       top_p=top_p, generator=generator)  # (1,)
             if int(token) == end_of_turn_id:
+                if include_end:
+                    yield int(token)
                 return
             yield int(token)
             if step + 1 < max_new_tokens:

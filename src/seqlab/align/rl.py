@@ -119,7 +119,8 @@ def token_rewards(scores: torch.Tensor, logps: torch.Tensor, reference_logps: to
     """
     mask = mask.bool()
     rewards = -kl_coef * (logps - reference_logps).detach()
-    last = mask.long().sum(dim=-1).clamp(min=1) - 1  # (N,) index of each sequence's last token
+    positions = torch.arange(mask.size(-1), device=mask.device)
+    last = (positions * mask).argmax(dim=-1)  # (N,) index of each sequence's last masked token
     rewards = rewards.scatter_add(-1, last[:, None], scores.detach()[:, None].to(rewards.dtype))
     return rewards.masked_fill(~mask, 0.0)
 

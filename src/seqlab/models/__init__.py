@@ -9,7 +9,7 @@ from seqlab.models.masked_lm import RecurrentMaskedLM
 from seqlab.models.outputs import ClassifierOutput, LMOutput, TaggerOutput
 from seqlab.models.recurrent import recurrent_layer
 from seqlab.models.registry import build_model, load, model_spec, register_model
-from seqlab.models.reward import RewardModel, RewardOutput
+from seqlab.models.reward import RewardModel, RewardOutput, ValueHeadLM
 from seqlab.models.seq2seq import Seq2Seq, Seq2SeqOutput
 from seqlab.models.tagger import SequenceTagger
 from seqlab.models.transformer import (
@@ -43,6 +43,7 @@ __all__ = [
     "TransformerMaskedLM",
     "TransformerSeq2Seq",
     "TransformerTagger",
+    "ValueHeadLM",
     "build_model",
     "detach_state",
     "from_pretrained_hf",

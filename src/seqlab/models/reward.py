@@ -1,4 +1,5 @@
-"""A reward model: a scalar head on the last token of a causal language model's hidden states."""
+"""Scalar heads on a causal language model: a reward model (last token) and PPO's value head
+(every token)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from seqlab.models.registry import register_model
 
-__all__ = ["RewardModel", "RewardOutput"]
+__all__ = ["RewardModel", "RewardOutput", "ValueHeadLM"]
 
 
 @dataclass
@@ -57,3 +58,39 @@ class RewardModel(nn.Module):
             last = hidden[torch.arange(hidden.size(0), device=hidden.device), index]  # (N, H)
         rewards = self.score(self.dropout(last)).squeeze(-1)  # (N,)
         return RewardOutput(rewards=rewards, hidden=hidden)
+
+
+@register_model
+class ValueHeadLM(nn.Module):
+    r"""A causal language model with a value head, the policy and critic of PPO.
+
+    .. math:: V(w_{\le t}) = w^\top h_t + b
+
+    The forward pass is the language model's (``model(ids, state=...)`` gives its
+    :class:`~seqlab.models.LMOutput`, so generation and chat work unchanged); :meth:`values`
+    reads the value of every position from the hidden states it returned. As in
+    :class:`RewardModel`, the language model is held as ``encoder`` so that an `sft` run's
+    tensors load into it by name. The value head starts at zero.
+
+    ============ =====================================================
+    input_ids    (N, L) long
+    values       (N, L) from hidden (N, L, H)
+    ============ =====================================================
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.value = nn.Linear(encoder.head.in_features, 1)
+        nn.init.zeros_(self.value.weight)
+        nn.init.zeros_(self.value.bias)
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.encoder
+
+    def forward(self, input_ids: torch.Tensor, state=None):
+        return self.encoder(input_ids, state=state)
+
+    def values(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.value(hidden).squeeze(-1)  # (N, L)

@@ -35,7 +35,7 @@ _MODULES = [
     "seqlab.tasks.caption",
     "seqlab.tasks.pretrain",
     "seqlab.tasks.causal_lm",
-    "seqlab.tasks.sft", "seqlab.tasks.reward_model", "seqlab.tasks.dpo",
+    "seqlab.tasks.sft", "seqlab.tasks.reward_model", "seqlab.tasks.dpo", "seqlab.tasks.rl",
 ]
 
 _REGISTRY: dict[str, type[Task]] = {}

@@ -17,7 +17,7 @@ model is tuned with LoRA or another adapter method, the model itself with its ad
 off (:func:`seqlab.tune.disable_adapters`), which needs no second copy. The reference's
 log-probabilities of each pair are computed once and reused in later epochs.
 
-A training step owns two models; it reads as the equation: policy log-probs, reference log-probs,
+Dropout is switched off, as in TRL. A training step owns two models; it reads as the equation: policy log-probs, reference log-probs,
 loss. Metrics (as TRL names them): ``rewards/chosen`` and ``rewards/rejected`` (the implicit
 rewards β·(log π − log π_ref)), ``rewards/accuracies`` (share of pairs with the chosen reward
 higher), ``rewards/margins`` (their mean difference), ``logps/chosen``, ``logps/rejected``.
@@ -154,6 +154,10 @@ class DPOTask(PairTask):
         self.reference_logps: dict[tuple[str, int], tuple[float, float]] = {}
 
     def build_model(self):
+        # Dropout off (as TRL does): the policy's log-probabilities must equal the reference's
+        # at the start (loss log 2, PPO's ratio 1), and they are compared sample by sample.
+        family = self.model_config.family
+        getattr(self.model_config, family).dropout = 0.0
         self.policy = super().build_model()
         return self.policy
 

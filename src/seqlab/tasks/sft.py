@@ -165,6 +165,7 @@ class ChatModelTask(Task):
 
         p = self.predict_config
         template = self.template
+        model = getattr(model, "language_model", model)  # a PPO run's policy holds a value head
         context = self.context_length(model)
         # The history keeps at least a quarter of the context (or max_new_tokens) for the reply.
         budget = context - max(1, min(p.max_new_tokens, context // 4))
