@@ -245,8 +245,9 @@ class Tokenizer:
             texts = [texts]  # one document, not an iterable of one-character texts
         backend.train_from_iterator(iter(texts), trainer=trainer)
         if kind == "wordpiece":
-            # The trainer finds the same pieces every time but numbers them in a varying order;
-            # number them by their text so the same corpus always gives the same ids.
+            # The trainer numbers its pieces in a varying order (and breaks ties between equally
+            # frequent pairs in no fixed order, so a rare piece may differ between trainings):
+            # number them by their text, so the same pieces always get the same ids.
             vocab = backend.get_vocab()
             pieces = sorted(set(vocab) - set(SPECIAL_TOKENS), key=lambda p: (p.startswith("##"), p))
             ordered = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(pieces))}
