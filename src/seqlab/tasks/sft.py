@@ -55,6 +55,8 @@ TEMPLATE_FORMAT = "seqlab-chat-1"
 def read_chat_template(run_dir: str | Path) -> dict:
     """The chat template a run was tuned with; ValueError for a run never tuned for chat."""
     path = Path(run_dir) / CHAT_TEMPLATE_FILE
+    if not Path(run_dir).is_dir():
+        raise ValueError(f"run directory {run_dir} does not exist")
     if not path.is_file():
         raise ValueError(
             f"{run_dir} was not fine-tuned for chat: it has no {CHAT_TEMPLATE_FILE}, so the model "
