@@ -7,6 +7,9 @@ PIP := $(PYTHON) -m pip
 install:
 	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q "torch>=2.2,<3"
 	$(PIP) install -q -e ".[dev,hf,serve,onnx]"
+	@# Debian's chromium, driven by Playwright in the page's browser test (skipped without it).
+	-command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
 	-$(PYTHON) -c "from seqlab.nn.scan import build_compiled; build_compiled()"
 
 test: install
