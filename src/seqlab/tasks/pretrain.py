@@ -153,6 +153,11 @@ class PretrainTask(Task):
 
     tokenizer = None
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Masked LM counts tokens per second, contrastive learning sentences.
+        self.unit = "tok" if self.objective.name == "mlm" else "ex"
+
     # Data.
     def _paths(self) -> list[str]:
         train = require_path(self.data.train, "data.train", self.recipe,
