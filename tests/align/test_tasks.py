@@ -240,7 +240,8 @@ def test_ppo_first_epoch_ratio_one_and_no_kl(toy, sun_reward):
 def test_ppo_and_grpo_raise_the_reward(toy, sun_reward, recipe):
     run = toy["root"] / f"{recipe}-toy"
     extra = ["objective.group_size=4", "trainer.batch_size=3"] if recipe == "grpo" else []
-    result = train(load_config(recipe, _rl_overrides(toy, sun_reward, 16) + extra + ["trainer.lr=0.01"]),
+    steps = 10 if recipe == "grpo" else 16
+    result = train(load_config(recipe, _rl_overrides(toy, sun_reward, steps) + extra + ["trainer.lr=0.01"]),
                    run_dir=run)
     # The starting model (the reference) sampled on the same validation prompts.
     _, task, model, device = open_run(run)
