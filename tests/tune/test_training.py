@@ -303,3 +303,20 @@ def test_a_missing_or_changed_base_is_refused(lora_run, tmp_path, capsys):
     shutil.rmtree(base)
     _user_error(capsys, ["predict", str(run_dir), "a good film"], "base model", str(base))
     assert (run_dir / "adapter.safetensors").read_bytes() == before
+
+
+def test_export_asks_for_a_merge_first(lora_run, tmp_path, capsys):
+    pytest.importorskip("onnx", reason="the onnx extra is needed")
+    run_dir, _ = lora_run
+    for fmt in ("onnx", "hf"):
+        _user_error(capsys, ["export", str(run_dir), "--format", fmt, "--out",
+                             str(tmp_path / fmt)], "is a tuned run", "seqlab merge")
+        assert not (tmp_path / fmt).exists()
+
+
+def test_a_classifier_with_valid_and_test_files_resumes(data, bases, tmp_path):
+    whole = _tune(data, bases, "recurrent", tmp_path / "whole")
+    _tune(data, bases, "recurrent", tmp_path / "cut", stop_after_step=2)
+    resumed = _tune(data, bases, "recurrent", tmp_path / "cut", resume=True)
+    assert resumed.summary["valid"] == whole.summary["valid"]
+    assert resumed.summary["test"] == whole.summary["test"]

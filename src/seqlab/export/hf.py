@@ -251,9 +251,11 @@ def _difference(model: nn.Module, out_dir: Path) -> float | None:
 def export_hf(run_dir: str | Path, out_dir: str | Path) -> dict:
     """Export a run's Transformer to a Hugging Face directory; returns what was written and
     the largest logit difference from seqlab measured through transformers (when installed)."""
+    from seqlab.export.onnx import refuse_tuned_run
     from seqlab.train.run import open_run
 
     out_dir = Path(out_dir)
+    refuse_tuned_run(Path(run_dir))
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
         raise ExportError(f"{out_dir} exists and is not a Hugging Face directory; pick an empty --out")
     _, task, model, _ = open_run(run_dir, ["trainer.device=cpu"])

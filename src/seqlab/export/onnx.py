@@ -74,6 +74,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def refuse_tuned_run(run_dir: Path) -> None:
+    """A tuned run holds only its adapter; its plain weights come from `seqlab merge`."""
+    if (Path(run_dir) / "adapter.json").is_file():
+        raise ExportError(
+            f"{run_dir} is a tuned run (adapter.safetensors only): fold the adapter into plain "
+            f"weights first with `seqlab merge {run_dir} --out DIR`, then export DIR"
+        )
+
+
 def check_weights(model: nn.Module, path: Path) -> None:
     """Refuse weights with NaN or infinite values (a damaged file, or a run that diverged).
 
@@ -474,6 +483,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path) -> dict:
     from seqlab.train.run import open_run
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    refuse_tuned_run(run_dir)
     config, _, model, _ = open_run(run_dir, ["trainer.device=cpu"])
     check_weights(model, run_dir / "model.safetensors")
     family = model_family(model)

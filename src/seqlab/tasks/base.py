@@ -149,6 +149,9 @@ class Task:
         # With `model.init_from`, the pre-trained run's tokenizer: `prepare` uses it instead of
         # fitting a new vocabulary.
         self.pretrained_tokenizer = None
+        # False when only evaluation splits are needed (`seqlab eval`), so `prepare` may skip
+        # reading the training file; training and resuming need it.
+        self.needs_training_data = True
 
     def fit_tokenizer(self, fit):
         """The pre-trained tokenizer when there is one, else `fit()` (a new vocabulary)."""

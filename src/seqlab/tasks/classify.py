@@ -76,7 +76,7 @@ class ClassifyTask(Task):
 
         data = self.data
         rows = {}
-        if fit_vocab or not (data.valid and data.test):
+        if fit_vocab or self.needs_training_data or not (data.valid and data.test):
             train = self._read(require_path(data.train, "data.train", self.recipe,
                                             "a training file (CSV / TSV / JSONL with text and label columns)"))
             if data.valid:

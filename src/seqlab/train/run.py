@@ -241,9 +241,10 @@ def apply_pretrained_architecture(config: RunConfig, source) -> RunConfig:
             )
         section[key] = value
     positions = section.get("max_length") if source.family == "transformer" else None
-    data_length = values["data"].get("max_length")
-    if positions and data_length and data_length > positions and "data.max_length" not in explicit:
-        values["data"]["max_length"] = positions
+    for key in ("max_length", "bptt"):  # a classifier's tokens, a language model's window
+        length = values["data"].get(key)
+        if positions and length and length > positions and f"data.{key}" not in explicit:
+            values["data"][key] = positions
     updated = config.to_dict()
     updated.update(model=model, data=values["data"])
     result = validate_config(updated)
@@ -279,6 +280,12 @@ def _pretrained_tokenizer(source):
 
 def _train(config: RunConfig, context: DistContext, run_dir, resume: bool, stop_after_step, console) -> RunResult:
     source = None
+    if config.init_from and resume and (Path(run_dir) / "config.yaml").is_file():
+        # The saved config holds the architecture and data settings taken from the source.
+        values = config.to_dict()
+        saved = load_run_config(run_dir).to_dict()
+        values.update(model=saved["model"], data=saved["data"])
+        config = validate_config(values)
     if config.init_from and not resume:
         config, source = _init_from(config)
         if config.tune.method == "prompt":
@@ -430,6 +437,7 @@ def open_run(run_dir: str | Path, overrides: list[str] | None = None) -> tuple[R
 def evaluate_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Metrics of a run's best weights on its evaluation splits (e.g. a new `data.test=PATH`)."""
     config, task, model, device = open_run(run_dir, overrides)
+    task.needs_training_data = False
     _prepare(task, fit_vocab=False)
     batch_size = config.trainer.eval_batch_size or config.trainer.batch_size
     return _evaluate_splits(task, model, batch_size, device, config.trainer.precision)
