@@ -8,7 +8,7 @@ from torch import nn
 
 from seqlab.models.outputs import ClassifierOutput
 from seqlab.models.pooling import POOLINGS, lengths_to_mask, merge_final_states, pool_outputs
-from seqlab.models.recurrent import recurrent_layer
+from seqlab.models.recurrent import input_embedding, recurrent_layer
 from seqlab.models.registry import register_model
 
 __all__ = ["SequenceClassifier"]
@@ -70,11 +70,9 @@ class SequenceClassifier(nn.Module):
         reset_after: bool = True,
     ) -> None:
         super().__init__()
-        if (vocab_size is None) == (input_size is None):
-            raise ValueError(
-                "give exactly one of vocab_size (token ids) or input_size (float features), "
-                f"got vocab_size={vocab_size!r}, input_size={input_size!r}"
-            )
+        self.embedding, rnn_input_size = input_embedding(
+            vocab_size, input_size, embedding_dim, padding_idx
+        )
         if pooling not in POOLINGS:
             raise ValueError(
                 f"pooling should be one of {', '.join(map(repr, POOLINGS))}, got {pooling!r}"
@@ -91,12 +89,6 @@ class SequenceClassifier(nn.Module):
         self.merge_mode = merge_mode
         self.num_directions = 2 if bidirectional else 1
 
-        if vocab_size is not None:
-            self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
-            rnn_input_size = embedding_dim
-        else:
-            self.embedding = None
-            rnn_input_size = input_size
         self.dropout = nn.Dropout(dropout)
         self.rnn = recurrent_layer(
             cell, rnn_input_size, hidden_size, num_layers=num_layers, dropout=dropout,

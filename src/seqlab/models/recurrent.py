@@ -6,7 +6,7 @@ from torch import nn
 
 from seqlab.nn import GRU, LSTM, RNN, MinGRU, MinLSTM
 
-__all__ = ["CELLS", "check_cell", "recurrent_layer"]
+__all__ = ["CELLS", "check_cell", "input_embedding", "recurrent_layer"]
 
 CELLS = ("rnn", "lstm", "gru", "mingru", "minlstm")
 
@@ -90,3 +90,22 @@ def recurrent_layer(
     if cell == "minlstm":
         return MinLSTM(**common)
     return GRU(**common, reset_after=reset_after)
+
+
+def input_embedding(
+    vocab_size: int | None, input_size: int | None, embedding_dim: int, padding_idx: int | None
+) -> tuple[nn.Embedding | None, int]:
+    """(embedding, the recurrent layer's input size) for token ids or float features.
+
+    The front every recurrent classifier / tagger shares: with ``vocab_size`` the inputs are token
+    ids, embedded with ``padding_idx``; with ``input_size`` they are (N, L, F) features used as they
+    are (no embedding). Exactly one of the two must be given.
+    """
+    if (vocab_size is None) == (input_size is None):
+        raise ValueError(
+            "give exactly one of vocab_size (token ids) or input_size (float features), "
+            f"got vocab_size={vocab_size!r}, input_size={input_size!r}"
+        )
+    if vocab_size is None:
+        return None, input_size
+    return nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx), embedding_dim

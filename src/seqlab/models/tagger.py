@@ -8,7 +8,7 @@ from torch import nn
 
 from seqlab.models.outputs import TaggerOutput
 from seqlab.models.pooling import lengths_to_mask
-from seqlab.models.recurrent import recurrent_layer
+from seqlab.models.recurrent import input_embedding, recurrent_layer
 from seqlab.models.registry import register_model
 
 __all__ = ["SequenceTagger"]
@@ -67,11 +67,9 @@ class SequenceTagger(nn.Module):
         reset_after: bool = True,
     ) -> None:
         super().__init__()
-        if (vocab_size is None) == (input_size is None):
-            raise ValueError(
-                "give exactly one of vocab_size (token ids) or input_size (float features), "
-                f"got vocab_size={vocab_size!r}, input_size={input_size!r}"
-            )
+        self.embedding, rnn_input_size = input_embedding(
+            vocab_size, input_size, embedding_dim, padding_idx
+        )
         if output_size is not None and not regression:
             raise ValueError(
                 f"output_size is only used with regression=True, got output_size={output_size!r}"
@@ -82,12 +80,6 @@ class SequenceTagger(nn.Module):
         if self.output_size < 1:
             raise ValueError(f"the number of outputs per step should be >= 1, got {self.output_size}")
 
-        if vocab_size is not None:
-            self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
-            rnn_input_size = embedding_dim
-        else:
-            self.embedding = None
-            rnn_input_size = input_size
         self.dropout = nn.Dropout(dropout)
         self.rnn = recurrent_layer(
             cell, rnn_input_size, hidden_size, num_layers=num_layers, dropout=dropout,
