@@ -147,3 +147,23 @@ def test_init_from_continues_pre_training_and_causal_lm(tmp_path, corpus, mlm_ru
         assert second.summary["run"]["num_parameters"] == first.summary["run"]["num_parameters"]
         assert json.loads((second.run_dir / "init_from.json").read_text())["new"] == []
         assert "family: " + family in (second.run_dir / "config.yaml").read_text()
+
+
+def test_a_tagger_reads_each_token_as_its_first_sub_word_piece(tmp_path, corpus,
+                                                               mlm_recurrent_run):
+    from .conftest import sentences
+
+    conll = tmp_path / "train.conll"
+    blocks = ["\n".join(f"{word}\t{'N' if len(word) > 4 else 'X'}" for word in text.split())
+              for text in sentences(40, seed=5)]
+    conll.write_text("\n\n".join(blocks) + "\n")
+    config = load_config("tag-bilstm", [f"data.train={conll}", "trainer.max_steps=2",
+                                        "trainer.batch_size=8", "trainer.progress=false",
+                                        f"model.init_from={mlm_recurrent_run}"])
+    result = train(config, tmp_path / "tagger")
+    _, task, _, _ = open_run(result.run_dir)
+    tokenizer = task.tokenizer
+    assert tokenizer.kind == "wordpiece"
+    words = ["the", "boring", "queenly"]
+    assert task._token_ids(words) == [tokenizer.encode(word)[0] for word in words]
+    assert len(task._token_ids(words)) == len(words)

@@ -97,7 +97,10 @@ class TagTask(Task):
         self.examples = {split: self._encode(split, items) for split, items in sentences.items()}
 
     def _token_ids(self, tokens: list[str]) -> list[int]:
-        # One id per CoNLL token (never re-split), so ids stay aligned with the tags.
+        # One id per CoNLL token (never re-split), so ids stay aligned with the tags. A sub-word
+        # vocabulary (a pre-trained run's) gives each token its first piece, as BERT's taggers do.
+        if self.tokenizer.kind in ("wordpiece", "bpe"):
+            return [(self.tokenizer.encode(token) or [self.tokenizer.unk_id])[0] for token in tokens]
         return self.tokenizer.encode_words(tokens)
 
     def _encode(self, split: str, sentences) -> list[tuple[list[int], list[int]]]:
