@@ -423,10 +423,25 @@ class Tokenizer:
         )
 
     @classmethod
-    def from_hf_file(cls, path: str | Path) -> Tokenizer:
+    def from_hf_file(cls, path: str | Path, renumber: bool = False):
         """A Hugging Face ``tokenizer.json`` (as ``save_pretrained`` writes it) whose ids 0..4 are
-        the special tokens (seqlab's names or BERT's ``[PAD] [UNK] [CLS] [SEP] [MASK]``)."""
-        backend = hf.Tokenizer.from_file(str(path))
+        the special tokens (seqlab's names or BERT's ``[PAD] [UNK] [CLS] [SEP] [MASK]``).
+
+        With ``renumber=True`` a WordPiece vocabulary that has the five special tokens elsewhere
+        (BERT's published ones put ``[UNK]`` at 100) is renumbered with them first, and the call
+        returns ``(tokenizer, order)``: ``order[new_id]`` is the old id, so rows of an embedding
+        matrix are reordered with ``weight[order]`` (``order`` is None when nothing moved).
+        """
+        if renumber:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            order = _specials_first(data)
+            if order is None:
+                return cls.from_hf_file(path), None
+            return cls._from_hf_backend(hf.Tokenizer.from_str(json.dumps(data)), path), order
+        return cls._from_hf_backend(hf.Tokenizer.from_file(str(path)), path)
+
+    @classmethod
+    def _from_hf_backend(cls, backend: hf.Tokenizer, path) -> Tokenizer:
         kind = {"WordPiece": "wordpiece", "BPE": "bpe", "WordLevel": "word"}.get(
             type(backend.model).__name__
         )
@@ -458,6 +473,32 @@ class Tokenizer:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise DataError(f"{path}: not a seqlab tokenizer (invalid JSON: {error})") from None
         return cls.from_dict(data, source=str(path))
+
+
+def _specials_first(data: dict) -> list[int] | None:
+    """Renumber a WordPiece ``tokenizer.json`` (in place) so its five special tokens take ids
+    0..4 in seqlab's order; the new-to-old id order, or None when they are there already."""
+    model = data.get("model") or {}
+    vocab = model.get("vocab")
+    if model.get("type") != "WordPiece" or not isinstance(vocab, dict):
+        return None
+    specials = []
+    for names in zip(SPECIAL_TOKENS, BERT_SPECIAL_TOKENS):
+        found = [name for name in names if name in vocab]
+        if not found:
+            return None
+        specials.append(found[0])
+    if [vocab[name] for name in specials] == list(range(len(specials))):
+        return None
+    by_id = sorted(vocab, key=vocab.get)
+    rest = [token for token in by_id if token not in specials]
+    order = [vocab[token] for token in specials + rest]
+    model["vocab"] = {token: new for new, token in enumerate(specials + rest)}
+    for added in data.get("added_tokens") or []:
+        if added.get("content") in model["vocab"]:
+            added["id"] = model["vocab"][added["content"]]
+    data["post_processor"] = None  # its special ids are the old ones; seqlab adds its own
+    return order
 
 
 class LabelVocab:
@@ -507,24 +548,6 @@ class LabelVocab:
         if not isinstance(labels, list):
             raise TypeError(f'expected a dict with a "labels" list, got {data!r:.80}')
         return cls(labels)
-
-    @classmethod
-    def from_hf_file(cls, path: str | Path) -> Tokenizer:
-        """A Hugging Face ``tokenizer.json`` (as ``save_pretrained`` writes it) whose ids 0..4 are
-        the special tokens (seqlab's names or BERT's ``[PAD] [UNK] [CLS] [SEP] [MASK]``)."""
-        backend = hf.Tokenizer.from_file(str(path))
-        kind = {"WordPiece": "wordpiece", "BPE": "bpe", "WordLevel": "word"}.get(
-            type(backend.model).__name__
-        )
-        if kind is None:
-            raise ValueError(
-                f"{path}: a {type(backend.model).__name__} tokenizer; seqlab reads WordPiece, BPE "
-                f"and WordLevel ones"
-            )
-        backend.post_processor = None  # seqlab adds its own special tokens where it wants them
-        backend.no_padding()
-        backend.no_truncation()
-        return cls(backend, kind=kind, lowercase=False)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -273,7 +273,14 @@ def _pretrained_tokenizer(source):
     try:
         if source.kind == "run":
             return Tokenizer.load(source.tokenizer_file)
-        return Tokenizer.from_hf_file(source.tokenizer_file)
+        tokenizer, order = Tokenizer.from_hf_file(source.tokenizer_file, renumber=True)
+        if order is not None:
+            # The special tokens moved to ids 0..4: the vocabulary rows move with them.
+            index = torch.tensor(order)
+            for name, tensor in source.state.items():
+                if tensor.dim() >= 1 and tensor.shape[0] == len(order):
+                    source.state[name] = tensor[index]
+        return tokenizer
     except ValueError as exc:
         raise ConfigError(f"model.init_from={source.path}: its tokenizer cannot be used: {exc}") from None
 
