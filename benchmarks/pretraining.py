@@ -150,6 +150,8 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=["mr", "trec"])
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.1, 0.3, 1.0])
     parser.add_argument("--families", nargs="+", default=["transformer", "recurrent"])
+    parser.add_argument("--starts", nargs="+", default=["scratch", "pretrained"],
+                        choices=["scratch", "pretrained"])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lrs", nargs="+", type=float, default=[5e-4, 2e-3],
                         help="learning rates tried for every run; the best on validation counts")
@@ -170,7 +172,7 @@ def main() -> None:
             train_file = subset(args.data / data_set / "train.tsv", fraction, args.seed,
                                 args.out / "data" / f"{data_set}-{fraction}.tsv")
             for family in args.families:
-                for start in ("scratch", "pretrained"):
+                for start in args.starts:
                     for lr in args.lrs:
                         jobs.append((family, start, data_set, fraction, train_file, args.out, lr))
     results = []
