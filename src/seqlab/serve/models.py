@@ -191,10 +191,10 @@ def load_model(spec: str, threads: int | None = None) -> ServedModel:
     directory = Path(path)
     name = name or directory.resolve().name
     if (directory / "export.json").is_file():
-        from seqlab.export import open_export, read_manifest
+        from seqlab.export import open_export
 
         _, task, model = open_export(directory, threads=threads)
-        quantized = bool(read_manifest(directory, verify=False).get("quantized"))
+        quantized = bool(model.manifest.get("quantized"))
         return ServedModel(name, directory, task, model, "onnx", quantized)
     from seqlab.train.run import open_run
 
