@@ -97,3 +97,11 @@ def test_unknown_classes_and_files_without_a_spec_are_clear_errors(tmp_path):
         models.load(tmp_path / "plain.safetensors")
     with pytest.raises(ValueError, match="no model.safetensors"):
         models.load(tmp_path / "missing")
+
+
+def test_a_damaged_weights_file_is_named(tmp_path):
+    save_weights(tmp_path / "model.safetensors", models.TransformerClassifier(_encoder(), 2))
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt weights file .*model.safetensors"):
+        models.load(tmp_path)

@@ -121,16 +121,22 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a seqlab weights file; tied tensors appear under every name."""
-    from safetensors import safe_open
+    """Tensors and metadata of a seqlab weights file; tied tensors appear under every name.
+
+    Raises FileNotFoundError for a missing file and ValueError for one that does not parse.
+    """
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    tensors = load_file(str(path))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"corrupt weights file {path}: {exc}") from None
     for name, target in json.loads(metadata.get("aliases", "{}")).items():
         tensors[name] = tensors[target]
     return tensors, metadata

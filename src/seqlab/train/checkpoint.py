@@ -210,20 +210,14 @@ def save_weights(path: str | Path, module: torch.nn.Module, metadata: dict[str, 
 
 def load_weights(path: str | Path, module: torch.nn.Module) -> None:
     """Load weights written by `save_weights` into `module` (strict: names and shapes must match)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
-    try:
-        from safetensors import safe_open
+    from seqlab.models.registry import read_weights
 
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"corrupt weights file {path}: {exc}") from None
-    aliases = json.loads(metadata.get("aliases", "{}"))
-    for name, target in aliases.items():
-        tensors[name] = tensors[target]
+    try:
+        tensors, _ = read_weights(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file {path} does not exist") from None
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
     try:
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
