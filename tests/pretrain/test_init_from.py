@@ -37,7 +37,7 @@ def test_the_body_loads_bitwise_and_the_head_is_new(tmp_path, corpus, recipe, fa
     assert sorted(report["new"]) == ["head.bias", "head.weight"]
     assert {"decoder.bias", "transform.weight"} <= set(report["unused"])
     assert len(report["loaded"]) == len(model.state_dict()) - 2
-    # A learning rate of 1e-12 leaves the loaded tensors as they were, to the bit, after a step.
+    # With the body frozen, a training step leaves the loaded tensors as they were, to the bit.
     fresh = train(load_config(recipe, [f"data.train={corpus / 'labelled.tsv'}", *CLASSIFY,
                                        f"model.init_from={source}", "trainer.max_steps=1",
                                        "trainer.lr=1e-3", "trainer.freeze=body"]),

@@ -39,6 +39,31 @@ def test_supervised_pairs_and_whole_word_masking(tmp_path, corpus):
     assert whole.summary["run"]["steps"] == 6
 
 
+def test_whole_word_batches_choose_every_piece_of_a_word_together(corpus):
+    from seqlab.train.run import build_task
+
+    config = load_config("pretrain-mlm", [
+        f"data.train={corpus / 'text.txt'}", "data.vocab_size=40", "data.max_length=16",
+        "data.min_frequency=1", "objective.whole_word=true", "objective.mask_probability=0.4"])
+    task = build_task(config)
+    task.prepare()
+    tokenizer, chosen_words = task.tokenizer, 0
+    for index in range(0, 40, 8):
+        key = (0, tuple(range(index, index + 8)))
+        batch = task.collate(key)
+        original = [task.examples["train"][i] for i in key[1]]
+        for row, ids in enumerate(original):
+            chosen = (batch["targets"][row, : len(ids)] != -100).tolist()
+            word = []  # the chosen flags of the current word's pieces
+            for token_id, flag in zip(ids, chosen):
+                if not tokenizer.id_to_token(token_id).startswith("##") and word:
+                    assert all(word) or not any(word), (ids, chosen)
+                    chosen_words += all(word)
+                    word = []
+                word.append(flag)
+    assert chosen_words > 0
+
+
 def test_an_interrupted_run_resumes_to_the_same_metrics(tmp_path, corpus):
     # A word vocabulary: the two fresh runs must not differ in their (tied) sub-word pieces.
     options = [f"data.train={corpus / 'text.txt'}", "data.tokenizer=word", "data.max_length=16",

@@ -43,6 +43,7 @@ from seqlab.tasks.base import (
     spread,
     to_device,
 )
+from seqlab.tasks.transformer import TransformerModel
 
 __all__ = ["PretrainTask", "RecurrentFamily", "TransformerFamily"]
 
@@ -72,16 +73,10 @@ class PretrainData(StrictModel):
         return value
 
 
-class TransformerFamily(StrictModel):
-    """`model.transformer.*`: the encoder when `model.family=transformer`."""
+class TransformerFamily(TransformerModel):
+    """`model.transformer.*`: the encoder when `model.family=transformer` (the keys of the
+    Transformer tasks, with pre-training's defaults)."""
 
-    d_model: int = Field(256, ge=1)
-    nhead: int = Field(4, ge=1)
-    num_layers: int = Field(4, ge=1)
-    dim_feedforward: int | None = Field(None, ge=1)
-    dropout: float = Field(0.1, ge=0, le=1)
-    activation: Literal["relu", "gelu", "gelu_tanh"] = "gelu"
-    positional: Literal["learned", "sinusoidal", "rotary"] = "learned"
     max_length: int = Field(128, ge=1)
     norm_first: bool = True
 
@@ -253,7 +248,7 @@ class PretrainTask(Task):
     def _mask(self, inputs: torch.Tensor, lengths: torch.Tensor, seed: int) -> dict:
         """BERT's corruption of a padded batch, repeatable from `seed`."""
         from seqlab.data.tokenizers import SPECIAL_TOKENS
-        from seqlab.objectives import mask_tokens, word_starts
+        from seqlab.objectives import mask_tokens
 
         tokenizer = self.tokenizer
         special = len(SPECIAL_TOKENS)  # ids below are <pad> <unk> <bos> <eos> <mask>
@@ -261,10 +256,8 @@ class PretrainTask(Task):
         candidates = (positions[None, :] < lengths[:, None]) & (inputs >= special)  # (N, L)
         starts = None
         if self.objective.whole_word:
-            starts = torch.zeros_like(inputs, dtype=torch.bool)
-            for row, length in enumerate(lengths.tolist()):
-                tokens = [tokenizer.id_to_token(int(i)) for i in inputs[row, :length]]
-                starts[row, :length] = torch.tensor(word_starts(tokens, tokenizer.kind))
+            starts = self._word_start_table()[inputs]  # (N, L)
+            starts[:, 0] = True
         generator = torch.Generator().manual_seed(seed)
         masked, targets = mask_tokens(
             inputs, candidates, tokenizer.mask_id, (special, tokenizer.vocab_size),
@@ -273,6 +266,17 @@ class PretrainTask(Task):
             generator=generator,
         )
         return {"inputs": masked, "lengths": lengths, "targets": targets}
+
+    def _word_start_table(self) -> torch.Tensor:
+        """(V,) bool: whether each vocabulary entry begins a word (built once)."""
+        from seqlab.objectives import word_starts
+
+        if getattr(self, "_starts", None) is None:
+            tokenizer = self.tokenizer
+            tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
+            # Every entry is judged as if it followed another piece, so its own marker decides.
+            self._starts = torch.tensor(word_starts(["", *tokens], tokenizer.kind)[1:])
+        return self._starts
 
     def _collate(self, examples: list, seed: int) -> dict[str, torch.Tensor]:
         if self.data.pair_columns:
@@ -403,6 +407,7 @@ class PretrainTask(Task):
         """MLM: each `<mask>` in the text filled in; contrastive: the cosine similarity of
         consecutive inputs (`a`, `b`, ... -> sim(a, b), sim(b, c), ...)."""
         from seqlab.data.batching import pad_sequences
+        from seqlab.data.tokenizers import SPECIAL_TOKENS
 
         model.eval()
         tokenizer = self.tokenizer
@@ -412,7 +417,8 @@ class PretrainTask(Task):
                 ids = tokenizer.encode(text)[: self.data.max_length] or [tokenizer.unk_id]
                 tensor = torch.tensor([ids], device=device)
                 logits = model(tensor).logits[0]  # (L, V)
-                regular = logits[:, 5:].argmax(-1) + 5  # (L,) best non-special token
+                special = len(SPECIAL_TOKENS)
+                regular = logits[:, special:].argmax(-1) + special  # (L,) best regular token
                 filled = [int(regular[t]) if i == tokenizer.mask_id else i
                           for t, i in enumerate(ids)]
                 lines.append(tokenizer.decode(filled))
