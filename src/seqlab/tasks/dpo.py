@@ -193,7 +193,10 @@ class DPOTask(PairTask):
             from safetensors.torch import load_model
 
             if self.reference_path is None or not self.reference_path.is_file():
-                raise ConfigError(f"the DPO reference weights {self.reference_path} are missing")
+                where = self.reference_path or f"the run directory's {REFERENCE_FILE}"
+                raise ConfigError(f"the DPO reference weights {where} are missing; they are written "
+                                  f"when the run starts, so copy the whole run directory or start "
+                                  f"the run again (model.init_from=SFT_RUN)")
             reference = copy.deepcopy(model)
             load_model(reference, str(self.reference_path))
             self.reference = reference.requires_grad_(False).eval()
