@@ -64,7 +64,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from seqlab.nn.cells import check_choice, check_size, reset_recurrent_parameters
-from seqlab.nn.recurrent import MERGE_MODES, merge_directions, reverse_padded
+from seqlab.nn.recurrent import MERGE_MODES, check_lengths, merge_directions, reverse_padded
 
 __all__ = ["MinGRU", "MinLSTM", "g", "log_g", "parallel_scan", "sequential_scan"]
 
@@ -366,16 +366,6 @@ class _MinimalLayer(nn.Module):
                              f"(D·num_layers, N, H); got {received}")
         return part
 
-    def _check_lengths(self, lengths: Tensor, x: Tensor) -> Tensor:
-        lengths = torch.as_tensor(lengths, dtype=torch.int64)
-        if lengths.dim() != 1 or lengths.shape[0] != x.shape[1]:
-            raise ValueError(f"lengths must have shape ({x.shape[1]},), one length per sequence; "
-                             f"got {tuple(lengths.shape)}")
-        if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > x.shape[0]):
-            raise ValueError(f"lengths must lie in [1, {x.shape[0]}] (the padded length); got "
-                             f"min {int(lengths.min())}, max {int(lengths.max())}")
-        return lengths
-
     def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None,
                 lengths: Tensor | None = None):
         packed_input = isinstance(input, PackedSequence)
@@ -391,7 +381,7 @@ class _MinimalLayer(nn.Module):
             if self.batch_first and not unbatched:
                 x = x.transpose(0, 1)  # (L, N, H_in)
             if lengths is not None:
-                lengths = self._check_lengths(lengths, x)
+                lengths = check_lengths(lengths, x)
         if x.shape[-1] != self.input_size:
             self._check_input(x)
         h0 = self._initial_state(hx, x, unbatched)  # (D·num_layers, N, H)

@@ -57,6 +57,18 @@ MERGE_MODES = ("concat", "sum", "mean", "max")
 State = Tensor | tuple[Tensor, Tensor]
 
 
+def check_lengths(lengths: Tensor, x: Tensor) -> Tensor:
+    """Validate per-sequence lengths against a time-major batch x (L, N, ·); return them int64 (N,)."""
+    lengths = torch.as_tensor(lengths, dtype=torch.int64)
+    if lengths.dim() != 1 or lengths.shape[0] != x.shape[1]:
+        raise ValueError(f"lengths must have shape ({x.shape[1]},), one length per sequence; "
+                         f"got {tuple(lengths.shape)}")
+    if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > x.shape[0]):
+        raise ValueError(f"lengths must lie in [1, {x.shape[0]}] (the padded length); got "
+                         f"min {int(lengths.min())}, max {int(lengths.max())}")
+    return lengths
+
+
 def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     """Reverse each sequence of a time-major batch within its own length; padding stays put.
 
@@ -307,16 +319,6 @@ class _RecurrentLayer(nn.Module):
             checked.append(part)
         return (checked[0], checked[1]) if self.mode == "LSTM" else checked[0]
 
-    def _check_lengths(self, lengths: Tensor, x: Tensor) -> Tensor:
-        lengths = torch.as_tensor(lengths, dtype=torch.int64)
-        if lengths.dim() != 1 or lengths.shape[0] != x.shape[1]:
-            raise ValueError(f"lengths must have shape ({x.shape[1]},), one length per sequence; "
-                             f"got {tuple(lengths.shape)}")
-        if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > x.shape[0]):
-            raise ValueError(f"lengths must lie in [1, {x.shape[0]}] (the padded length); got "
-                             f"min {int(lengths.min())}, max {int(lengths.max())}")
-        return lengths
-
     def forward(self, input: Tensor | PackedSequence, hx: State | None = None,
                 lengths: Tensor | None = None):
         packed_input = isinstance(input, PackedSequence)
@@ -332,7 +334,7 @@ class _RecurrentLayer(nn.Module):
             if self.batch_first and not unbatched:
                 x = x.transpose(0, 1)  # (L, N, H_in)
             if lengths is not None:
-                lengths = self._check_lengths(lengths, x)
+                lengths = check_lengths(lengths, x)
         if x.shape[-1] != self.input_size:
             self._check_input(x)
         state = self._initial_state(hx, x, unbatched)
