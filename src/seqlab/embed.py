@@ -24,7 +24,8 @@ from pydantic import Field
 
 from seqlab.schema import ConfigError, StrictModel
 
-__all__ = ["ProbeConfig", "embed_texts", "probe", "sentence_vectors"]
+__all__ = ["ProbeConfig", "embed_texts", "encode_texts", "open_encoder", "probe",
+           "sentence_vectors"]
 
 
 def sentence_vectors(
@@ -74,17 +75,9 @@ def _token_ids(task, texts: list[str]) -> list[list[int]]:
     return [tokenizer.encode(text)[:limit] or [tokenizer.unk_id] for text in texts]
 
 
-@torch.no_grad()
-def embed_texts(
-    run_dir: str | Path,
-    texts: list[str],
-    batch_size: int = 64,
-    random_init: bool = False,
-    seed: int = 0,
-) -> np.ndarray:
-    """(len(texts), H) float32 sentence vectors from a run's best weights (or, with
-    `random_init`, from the same architecture freshly initialised with `seed`)."""
-    from seqlab.data.batching import pad_sequences
+def open_encoder(run_dir: str | Path, random_init: bool = False, seed: int = 0):
+    """(task, model, device) of a run, the model in eval mode; with `random_init` the same
+    architecture freshly initialised with `seed` (the untrained baseline)."""
     from seqlab.train.run import open_run
 
     _, task, model, device = open_run(run_dir)
@@ -93,7 +86,14 @@ def embed_texts(
 
         torch.manual_seed(seed)
         model = build_model(model_spec(model)).to(device)
-    model.eval()
+    return task, model.eval(), device
+
+
+@torch.no_grad()
+def encode_texts(task, model, device, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """(len(texts), H) float32 sentence vectors of an opened encoder (see :func:`open_encoder`)."""
+    from seqlab.data.batching import pad_sequences
+
     ids = _token_ids(task, texts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # less padding per batch
     vectors: list[torch.Tensor | None] = [None] * len(ids)
@@ -106,6 +106,19 @@ def embed_texts(
     if not vectors:
         return np.zeros((0, 0), dtype=np.float32)
     return torch.stack(vectors).numpy()
+
+
+def embed_texts(
+    run_dir: str | Path,
+    texts: list[str],
+    batch_size: int = 64,
+    random_init: bool = False,
+    seed: int = 0,
+) -> np.ndarray:
+    """(len(texts), H) float32 sentence vectors from a run's best weights (or, with
+    `random_init`, from the same architecture freshly initialised with `seed`)."""
+    task, model, device = open_encoder(run_dir, random_init, seed)
+    return encode_texts(task, model, device, texts, batch_size)
 
 
 class ProbeData(StrictModel):
@@ -152,11 +165,9 @@ def probe(
               for name, path in (("train", data.train), ("valid", data.valid),
                                  ("test", data.test)) if path}
     options = config.probe
-    features = {
-        name: embed_texts(run_dir, [text for text, _ in rows], options.batch_size, random_init,
-                          options.seed)
-        for name, rows in splits.items()
-    }
+    encoder = open_encoder(run_dir, random_init, options.seed)  # opened once for every split
+    features = {name: encode_texts(*encoder, [text for text, _ in rows], options.batch_size)
+                for name, rows in splits.items()}
     labels = {name: [label for _, label in rows] for name, rows in splits.items()}
 
     def fit(strength: float):
@@ -167,11 +178,14 @@ def probe(
         return model.fit(features["train"], labels["train"])
 
     results: dict[str, float] = {}
-    strength = options.C
     if "valid" in splits:
-        scores = {c: fit(c).score(features["valid"], labels["valid"]) for c in options.grid}
+        fits = {c: fit(c) for c in options.grid}
+        scores = {c: model.score(features["valid"], labels["valid"]) for c, model in fits.items()}
         strength = max(scores, key=lambda c: (scores[c], -c))
-    fitted = fit(strength)
+        fitted = fits[strength]
+    else:
+        strength = options.C
+        fitted = fit(strength)
     for name in ("train", "valid", "test"):
         if name in splits:
             results[f"{name}_accuracy"] = float(fitted.score(features[name], labels[name]))
