@@ -19,12 +19,12 @@ memory of the step is shown as well.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from recurrent import device_name  # benchmarks/recurrent.py, beside this script
 from torch import nn
 
 import seqlab.nn as snn
@@ -50,21 +50,6 @@ RATIOS = [
     ("MinGRU sequential", "torch.nn.GRU"),
     ("MinLSTM sequential", "torch.nn.LSTM"),
 ]
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def training_step(layer: nn.Module, x: torch.Tensor) -> None:
