@@ -16,7 +16,6 @@ A directory holds two files:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -34,20 +33,13 @@ FORMAT = "seqlab-adapter"
 VERSION = 1
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file and rename, so a crash never leaves half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
 def save_adapter(model: nn.Module, directory: str | Path, base_info: dict | None = None) -> Path:
     """Write ``adapter.safetensors`` + ``adapter.json`` for a tuned model into `directory`.
 
     `base_info` is stored as given (JSON values): where the base model comes from, e.g.
     ``{"run": "runs/pretrain", "builder": "transformer_classifier"}``. Returns the directory.
     """
-    from safetensors.torch import save_file
+    from seqlab.train.checkpoint import _atomic_save_tensors, atomic_write_text
 
     tuning = tuning_of(model)
     if tuning is None:
@@ -70,11 +62,8 @@ def save_adapter(model: nn.Module, directory: str | Path, base_info: dict | None
         "tensors": len(tensors),
         "parameters": sum(t.numel() for t in tensors.values()),
     }
-    _atomic_write(directory / ADAPTER_WEIGHTS,
-                  lambda path: save_file(tensors, str(path), metadata={"format": "pt"}))
-    _atomic_write(directory / ADAPTER_CONFIG,
-                  lambda path: path.write_text(json.dumps(config, indent=2) + "\n",
-                                               encoding="utf-8"))
+    _atomic_save_tensors(directory / ADAPTER_WEIGHTS, tensors, metadata={"format": "pt"})
+    atomic_write_text(directory / ADAPTER_CONFIG, json.dumps(config, indent=2) + "\n")
     return directory
 
 
