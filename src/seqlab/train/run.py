@@ -16,6 +16,7 @@ no half-made run directory.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import sys
@@ -210,7 +211,7 @@ def apply_pretrained_architecture(config: RunConfig, source) -> RunConfig:
 
     schema = get_task(config.task).ModelConfig
     explicit = _explicit_keys(config)
-    values = apply_overrides({"model": config.model, "data": config.data}, [])
+    values = copy.deepcopy({"model": config.model, "data": config.data})
     model = values["model"]
     where = f"model.init_from={source.path}"
     if "family" in schema.model_fields:
