@@ -90,6 +90,15 @@ def test_missing_or_foreign_files(tmp_path):
     (tmp_path / "adapter.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="not a seqlab-adapter file"):
         load_adapter(_base(), tmp_path)
+    (tmp_path / "adapter.json").write_text("{\"format\": ")
+    with pytest.raises(ValueError, match="adapter.json' is not valid JSON"):
+        load_adapter(_base(), tmp_path)
+    model = _base()
+    apply_tuning(model, "lora", r=2)
+    save_adapter(model, tmp_path)
+    (tmp_path / "adapter.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="adapter.safetensors is missing"):
+        load_adapter(_base(), tmp_path)
 
 
 def test_loading_into_a_model_tuned_otherwise_is_refused(tmp_path):

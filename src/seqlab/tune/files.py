@@ -74,8 +74,12 @@ def read_adapter_config(directory: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no {ADAPTER_CONFIG} in {str(directory)!r}: not an adapter "
                                 f"directory written by seqlab.tune.save_adapter")
-    config = json.loads(path.read_text(encoding="utf-8"))
-    if config.get("format") != FORMAT or config.get("version") != VERSION:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({exc}): write the adapter again "
+                         f"with seqlab.tune.save_adapter") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("version") != VERSION:
         raise ValueError(f"{str(path)!r} is not a {FORMAT} file of version {VERSION}")
     return config
 
