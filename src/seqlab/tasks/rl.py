@@ -212,7 +212,10 @@ class RLTask(DPOTask):
         o = self.objective
         if o.reward_fn is not None:
             texts = [self.template.decode_reply(reply) for reply in replies]
-            values = self._reward_function()([p[-1]["content"] for p in prompts], texts)
+            values = list(self._reward_function()([p[-1]["content"] for p in prompts], texts))
+            if len(values) != len(texts):
+                raise ValueError(f"objective.reward_fn={o.reward_fn} returned {len(values)} rewards "
+                                 f"for {len(texts)} replies; it should return one number per reply")
             return torch.tensor([float(v) for v in values], device=device)
         if self.reward_model is None:
             from seqlab.models import load
