@@ -68,8 +68,10 @@ def test_adapter_file_holds_only_what_was_trained(tmp_path):
     tensors = load_file(str(tmp_path / "adapter.safetensors"))
     assert sum(t.numel() for t in tensors.values()) == report.trainable
     assert all("lora_" in n or n.startswith(("head.", "pooler.")) for n in tensors)
-    full = sum(p.numel() for p in _base().parameters())
-    assert report.trainable < full / 5
+    # default targets W_q, W_v of 2 layers, each A (r x 16) + B (16 x r); plus the heads
+    heads = sum(p.numel() for n, p in _base().named_parameters()
+                if n.split(".")[0] in report.heads)
+    assert report.heads and report.trainable == 2 * 2 * 2 * (16 + 16) + heads
 
 
 def test_a_different_base_is_refused_and_nothing_changes(tmp_path):
