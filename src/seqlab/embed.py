@@ -37,7 +37,7 @@ def sentence_vectors(
     else:
         # A model without padding support (the recurrent language model) reads each row alone.
         return torch.cat([
-            sentence_vectors_unpadded(model, ids[i : i + 1, : int(lengths[i])])
+            _mean_hidden_alone(model, ids[i : i + 1, : int(lengths[i])])
             for i in range(ids.size(0))
         ])
     pooled = getattr(out, "pooled", None)
@@ -54,7 +54,7 @@ def sentence_vectors(
     return (hidden * valid).sum(1) / valid.sum(1)  # (N, H)
 
 
-def sentence_vectors_unpadded(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+def _mean_hidden_alone(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     hidden = model(ids).hidden  # (1, L, H)
     return hidden.mean(1)  # (1, H)
 
