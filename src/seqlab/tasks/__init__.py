@@ -33,6 +33,7 @@ _MODULES = [
     "seqlab.tasks.transformer",
     "seqlab.tasks.fill_blank",
     "seqlab.tasks.caption",
+    "seqlab.tasks.vision",
     "seqlab.tasks.pretrain",
     "seqlab.tasks.causal_lm",
     "seqlab.tasks.sft", "seqlab.tasks.reward_model", "seqlab.tasks.dpo", "seqlab.tasks.rl",
