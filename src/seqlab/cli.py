@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -133,18 +134,32 @@ def _cmd_predict(args: list[str]) -> int:
         description="Classify / tag / generate with a trained run: one output line per input.",
     )
     parser.add_argument("run_dir")
-    parser.add_argument("texts", nargs="*", help="inputs; read from stdin (one per line) when absent")
+    parser.add_argument("texts", nargs="*", metavar="[key=value ...] [TEXT ...]",
+                        help="settings such as predict.beam_size=1 first, then the inputs; read "
+                             "from stdin (one per line) when no input is given")
     options = parser.parse_args(args)
     from seqlab.train.run import predict_run
 
-    texts = list(options.texts)
+    overrides, texts = _split_overrides(options.texts)
     if not texts:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if _is_export_dir(options.run_dir):
-        return _with_export_errors(_print_export_predictions, options.run_dir, texts)
-    for line in predict_run(options.run_dir, texts):
+        return _with_export_errors(_print_export_predictions, options.run_dir, texts, overrides)
+    for line in predict_run(options.run_dir, texts, overrides):
         print(line)
     return 0
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")
+
+
+def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """Leading `section.key=value` items (settings) and the rest (inputs). An input that looks
+    like a setting can come after another input, or through stdin."""
+    count = 0
+    while count < len(items) and _OVERRIDE.match(items[count]):
+        count += 1
+    return items[:count], items[count:]
 
 
 def _is_export_dir(path: str) -> bool:
@@ -168,10 +183,10 @@ def _with_export_errors(command, *args) -> int:
         return USER_ERROR
 
 
-def _print_export_predictions(directory: str, texts: list[str]) -> int:
+def _print_export_predictions(directory: str, texts: list[str], overrides: list[str]) -> int:
     from seqlab.export import predict_export
 
-    for line in predict_export(directory, texts):
+    for line in predict_export(directory, texts, overrides):
         print(line)
     return 0
 

@@ -44,7 +44,7 @@ __all__ = [
     "Seq2SeqOutput",
 ]
 
-ATTENTIONS = ("none", "bahdanau", "dot", "general")
+ATTENTIONS = ("none", "bahdanau", "dot", "general", "concat")
 BRIDGES = ("last", "projection", "zeros")
 
 # A recurrent state: h for RNN / GRU, (h, c) for LSTM, each (L, N, H).
@@ -299,13 +299,16 @@ class Decoder(nn.Module):
     - ``"bahdanau"`` (attend before the step, additive score):
       c_t = Attn(s_{t-1}, annotations); s_t = RNN([e; c_t], s_{t-1});
       o_t = tanh(W_o [s_t; c_t; e]) (the paper's deep output with tanh in place of maxout).
-    - ``"dot"`` / ``"general"`` (Luong, attend after the step):
+    - ``"dot"`` / ``"general"`` / ``"concat"`` (Luong, attend after the step):
       s_t = RNN([e; o_{t-1} if input_feeding], s_{t-1}); c_t = Attn(s_t, annotations);
       o_t = tanh(W_c [c_t; s_t]) (the attentional hidden state h~_t; input feeding passes it
-      to the next step's input).
+      to the next step's input). ``"concat"`` is Luong's name for the additive score
+      v^T tanh(W_q s_t + W_k h_s) read after the step; with input feeding it is the decoder
+      Joey NMT calls "bahdanau".
 
-    Then logits_t = W_out Dropout(o_t) + b. `dropout` also acts on the embeddings and between
-    stacked layers.
+    Then logits_t = W_out Dropout(o_t) + b, with W_out = E (the target embedding matrix) when
+    ``tie_embeddings`` (Press & Wolf 2017; needs embedding_dim = hidden_size). `dropout` also
+    acts on the embeddings and between stacked layers.
 
     ================ =====================================================
     prev tokens      (N,) long
@@ -327,6 +330,7 @@ class Decoder(nn.Module):
         attention: str = "bahdanau",
         attention_size: int | None = None,
         input_feeding: bool = False,
+        tie_embeddings: bool = False,
         padding_idx: int = 0,
         nonlinearity: str = "tanh",
         init: str = "default",
@@ -336,10 +340,10 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         _check_choice("attention", attention, ATTENTIONS)
-        if input_feeding and attention not in ("dot", "general"):
+        if input_feeding and attention not in ("dot", "general", "concat"):
             raise ValueError(
-                f"input_feeding=True is Luong et al.'s and needs attention 'dot' or 'general', "
-                f"got attention={attention!r}"
+                f"input_feeding=True is Luong et al.'s and needs attention 'dot', 'general' or "
+                f"'concat', got attention={attention!r}"
             )
         if attention == "dot" and hidden_size != encoder_size:
             raise ValueError(
@@ -354,7 +358,7 @@ class Decoder(nn.Module):
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
         self.dropout = nn.Dropout(dropout)
 
-        if attention == "bahdanau":
+        if attention in ("bahdanau", "concat"):
             self.attention = AdditiveAttention(
                 hidden_size, encoder_size, attention_size or hidden_size
             )
@@ -385,11 +389,18 @@ class Decoder(nn.Module):
 
         if attention == "bahdanau":
             self.combine = nn.Linear(hidden_size + encoder_size + embedding_dim, hidden_size)
-        elif attention in ("dot", "general"):
+        elif attention in ("dot", "general", "concat"):
             self.combine = nn.Linear(encoder_size + hidden_size, hidden_size, bias=False)
         else:
             self.combine = None
         self.out = nn.Linear(hidden_size, vocab_size)
+        if tie_embeddings:
+            if embedding_dim != hidden_size:
+                raise ValueError(
+                    f"tie_embeddings=True needs embedding_dim == hidden_size (the output layer "
+                    f"reads o_t of size hidden_size), got {embedding_dim} and {hidden_size}"
+                )
+            self.out.weight = self.embedding.weight
 
     @property
     def is_parallel(self) -> bool:
@@ -416,10 +427,10 @@ class Decoder(nn.Module):
             query, memory.outputs, memory.outputs, memory.mask, memory.projected_keys
         )
 
-    def step(
+    def advance(
         self, prev_tokens: torch.Tensor, state: DecoderState, memory: EncoderMemory
     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
-        """One decoding step: logits (N, V), the new state and attention weights (N, S) or None."""
+        """One step up to the output layer: o_t (N, H), the new state, attention (N, S) or None."""
         embedded = self.dropout(self.embedding(prev_tokens))  # (N, E)
         inputs = [embedded]
         context = weights = None
@@ -439,9 +450,15 @@ class Decoder(nn.Module):
             attentional = torch.tanh(self.combine(torch.cat([context, output], dim=-1)))
         else:
             attentional = output
-        logits = self.out(self.dropout(attentional))  # (N, V)
         feed = attentional if self.input_feeding else None
-        return logits, DecoderState(hidden=hidden, feed=feed), weights
+        return attentional, DecoderState(hidden=hidden, feed=feed), weights
+
+    def step(
+        self, prev_tokens: torch.Tensor, state: DecoderState, memory: EncoderMemory
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
+        """One decoding step: logits (N, V), the new state and attention weights (N, S) or None."""
+        attentional, state, weights = self.advance(prev_tokens, state, memory)
+        return self.out(self.dropout(attentional)), state, weights  # (N, V)
 
     def forward(
         self, tokens: torch.Tensor, state: DecoderState, memory: EncoderMemory
@@ -449,16 +466,20 @@ class Decoder(nn.Module):
         """Teacher-forced decoding of tokens (N, T) -> logits (N, T, V), attention (N, T, S).
 
         Runs every step in one call of the recurrent layer when no step feeds the next
-        (no attention, or Luong attention without input feeding); otherwise loops over `step`.
+        (no attention, or Luong attention without input feeding); otherwise loops over
+        `advance` and applies the output layer to all steps at once.
         """
         if not self.is_parallel:
-            logits, attentions = [], []
+            # Only the recurrence is sequential: the output layer, the widest matrix product,
+            # runs once over all steps.
+            outputs, attentions = [], []
             for t in range(tokens.size(1)):
-                step_logits, state, weights = self.step(tokens[:, t], state, memory)
-                logits.append(step_logits)
+                attentional, state, weights = self.advance(tokens[:, t], state, memory)
+                outputs.append(attentional)
                 attentions.append(weights)
             stacked = None if attentions[0] is None else torch.stack(attentions, dim=1)
-            return torch.stack(logits, dim=1), stacked  # (N, T, V), (N, T, S)
+            logits = self.out(self.dropout(torch.stack(outputs, dim=1)))
+            return logits, stacked  # (N, T, V), (N, T, S)
         embedded = self.dropout(self.embedding(tokens))  # (N, T, E)
         outputs, _ = self.rnn(embedded, state.hidden)  # (N, T, H)
         weights = None
@@ -480,7 +501,8 @@ class Seq2Seq(nn.Module):
     The encoder reads the source (:class:`Encoder`), the bridge turns its final states into the
     decoder's first state (:class:`Bridge`: ``"last"``, ``"projection"`` or ``"zeros"``) and the
     decoder predicts each target token from the previous one (:class:`Decoder`: attention
-    ``"none"``, ``"bahdanau"``, ``"dot"`` or ``"general"``, optional Luong input feeding).
+    ``"none"``, ``"bahdanau"``, ``"dot"``, ``"general"`` or ``"concat"``, optional Luong input
+    feeding, optional output layer tied to the target embeddings).
 
     ``cell`` (``"rnn"``, ``"lstm"``, ``"gru"``) and its variant options (``nonlinearity``,
     ``init``, ``peephole``, ``coupled``, ``reset_after``, see
@@ -527,6 +549,7 @@ class Seq2Seq(nn.Module):
         attention: str = "bahdanau",
         attention_size: int | None = None,
         input_feeding: bool = False,
+        tie_embeddings: bool = False,
         bridge: str = "projection",
         teacher_forcing_ratio: float = 1.0,
         label_smoothing: float = 0.0,
@@ -587,6 +610,7 @@ class Seq2Seq(nn.Module):
             attention=attention,
             attention_size=attention_size,
             input_feeding=input_feeding,
+            tie_embeddings=tie_embeddings,
             padding_idx=pad_id,
             nonlinearity=nonlinearity,
             init=init,

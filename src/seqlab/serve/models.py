@@ -89,7 +89,7 @@ class ServedModel:
         token read. None for a model whose steps report no weights (a Transformer's)."""
         task = self.task
         tokenizer = task.tokenizer
-        ids = tokenizer.encode(text) or [tokenizer.unk_id]
+        ids = task.source_ids(text)
         cap = max(1, math.ceil(task.predict_config.max_length_ratio * len(ids)))
         with self.lock, torch.no_grad():
             self.forward_passes += 1
@@ -107,7 +107,7 @@ class ServedModel:
                     outputs.append("</s>")
                     break
                 outputs.append(tokenizer.id_to_token(int(prev)))
-        return {"source": [tokenizer.id_to_token(i) for i in ids], "output": outputs,
+        return {"source": [task.source_tokenizer.id_to_token(i) for i in ids], "output": outputs,
                 "weights": rows}
 
     def stream(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,

@@ -158,12 +158,12 @@ class TransformerTranslateTask(TranslateTask):
         from seqlab.models import TransformerSeq2Seq
 
         m = self.model_config
-        vocab = self.tokenizer.vocab_size  # one tokenizer for both sides: share the embeddings
+        joint = self.source_tokenizer is self.tokenizer  # one vocabulary: share the embeddings
         return TransformerSeq2Seq(
-            vocab, vocab, d_model=m.d_model, nhead=m.nhead, num_encoder_layers=m.num_layers,
+            self.source_tokenizer.vocab_size, self.tokenizer.vocab_size, d_model=m.d_model, nhead=m.nhead, num_encoder_layers=m.num_layers,
             num_decoder_layers=m.num_decoder_layers or m.num_layers,
             dim_feedforward=m.dim_feedforward, dropout=m.dropout, activation=m.activation,
             norm_first=m.norm_first, positional=m.positional, max_length=m.max_length,
-            share_embeddings=True, label_smoothing=m.label_smoothing,
+            share_embeddings=joint, label_smoothing=m.label_smoothing,
             pad_id=self.tokenizer.pad_id,
         )

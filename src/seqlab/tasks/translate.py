@@ -1,7 +1,12 @@
 """Sequence to sequence (many-to-many, unaligned): translation, reversal, date normalisation.
 
-Data path: (source text, target text) -> one tokenizer shared by both sides -> source ids (N, S)
-+ lengths, target ids framed as <bos> ... <eos> (N, T) -> Seq2Seq -> per-token cross-entropy.
+Data path: (source text, target text) -> tokenizers -> source ids (N, S) + lengths, target ids
+framed as <bos> ... <eos> (N, T) -> Seq2Seq -> per-token cross-entropy.
+
+`data.vocab` chooses the vocabularies: `joint` (one tokenizer fitted on both sides, as generated
+tasks and subword translation often use) or `separate` (one per side: the output layer then
+covers exactly the target types, so it is narrower and a source-only word can never be
+produced). A separate run keeps `tokenizer.json` (the target side) and `source_tokenizer.json`.
 Evaluation adds decoding (greedy, or beam search with `predict.eval_beam_size` > 1) and scores
 the detokenised output against the reference text: BLEU and chrF (sacrebleu, 13a) and exact match.
 Predictions use beam search (`predict.beam_size`, `predict.length_penalty`).
@@ -55,6 +60,7 @@ class TranslateData(StrictModel):
     # Training pairs with more tokens than this on either side are left out (None keeps all).
     max_tokens: int | None = Field(80, ge=1)
     tokenizer: Literal["char", "word", "bpe", "wordpiece"] = "word"
+    vocab: Literal["joint", "separate"] = "joint"
     lowercase: bool = False
     min_frequency: int = Field(1, ge=1)
     max_vocab: int | None = Field(None, ge=1)
@@ -76,9 +82,10 @@ class TranslateModel(RecurrentModelConfig):
     bidirectional: bool = True
     embedding_dim: int = Field(128, ge=1)
     encoder_hidden_size: int | None = Field(None, ge=1)
-    attention: Literal["none", "bahdanau", "dot", "general"] = "bahdanau"
+    attention: Literal["none", "bahdanau", "dot", "general", "concat"] = "bahdanau"
     attention_size: int | None = Field(None, ge=1)
     input_feeding: bool = False
+    tie_embeddings: bool = False
     bridge: Literal["last", "projection", "zeros"] = "projection"
     teacher_forcing_ratio: float = Field(1.0, ge=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
@@ -89,6 +96,8 @@ class TranslatePredict(StrictModel):
     beam_size: int = Field(5, ge=1)
     length_penalty: float = Field(1.0, ge=0)
     max_length_ratio: float = Field(2.0, gt=0)
+    # A fixed cap on output tokens (EOS included); None caps at max_length_ratio x source length.
+    max_length: int | None = Field(None, ge=1)
     eval_beam_size: int = Field(1, ge=1)
     num_examples: int = Field(5, ge=0)
 
@@ -104,7 +113,8 @@ class TranslateTask(Task):
     mode = "min"
     unit = "tok"
 
-    tokenizer = None
+    tokenizer = None  # the target side's (and the source's too with data.vocab=joint)
+    source_tokenizer = None
 
     def _read(self, path: str) -> list[tuple[str, str]]:
         from seqlab.data.readers import read_parallel
@@ -156,17 +166,23 @@ class TranslateTask(Task):
         data = self.data
         pairs = self._pairs()
         if fit_vocab:
-            # One vocabulary for both sides: reversal and dates share symbols, and a joint
-            # vocabulary is the usual choice for subword translation too.
-            texts = (text for pair in pairs["train"] for text in pair)
-            self.tokenizer = self.fit_tokenizer(lambda: Tokenizer.train(
-                texts,
-                kind=data.tokenizer,
-                lowercase=data.lowercase,
-                min_frequency=data.min_frequency,
-                max_size=data.max_vocab if data.tokenizer in ("char", "word") else None,
-                vocab_size=data.bpe_vocab_size,
-            ))
+            def fit(texts):
+                return Tokenizer.train(
+                    texts,
+                    kind=data.tokenizer,
+                    lowercase=data.lowercase,
+                    min_frequency=data.min_frequency,
+                    max_size=data.max_vocab if data.tokenizer in ("char", "word") else None,
+                    vocab_size=data.bpe_vocab_size,
+                )
+
+            train = pairs["train"]
+            if data.vocab == "joint":
+                texts = [text for pair in train for text in pair]
+                self.tokenizer = self.source_tokenizer = self.fit_tokenizer(lambda: fit(texts))
+            else:
+                self.source_tokenizer = fit([source for source, _ in train])
+                self.tokenizer = fit([target for _, target in train])
         self.references = {split: [target for _, target in items] for split, items in pairs.items()}
         self.sources = {split: [source for source, _ in items] for split, items in pairs.items()}
         self.examples = {
@@ -182,31 +198,42 @@ class TranslateTask(Task):
         if data.lowercase:
             self.references = {k: [r.lower() for r in v] for k, v in self.references.items()}
 
-    def _source_ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text) or [self.tokenizer.unk_id]
+    def source_ids(self, text: str) -> list[int]:
+        """A source text's ids (the unknown token for an empty text)."""
+        return self.source_tokenizer.encode(text) or [self.source_tokenizer.unk_id]
 
     def _encode(self, source: str, target: str) -> tuple[list[int], list[int]]:
-        return self._source_ids(source), self.tokenizer.encode(target, add_bos=True, add_eos=True)
+        return self.source_ids(source), self.tokenizer.encode(target, add_bos=True, add_eos=True)
 
     def splits(self) -> list[str]:
         return [s for s in ("valid", "test") if self.examples.get(s)]
 
     def save_artifacts(self, run_dir: Path) -> None:
         self.tokenizer.save(run_dir / "tokenizer.json")
+        if self.source_tokenizer is not self.tokenizer:
+            self.source_tokenizer.save(run_dir / "source_tokenizer.json")
 
     def load_artifacts(self, run_dir: Path) -> None:
+        from seqlab.data.readers import DataError
         from seqlab.data.tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
+        self.tokenizer = self.source_tokenizer = Tokenizer.load(run_dir / "tokenizer.json")
+        if self.data.vocab == "separate":
+            path = Path(run_dir) / "source_tokenizer.json"
+            if not path.is_file():
+                raise DataError(
+                    f"{run_dir} was trained with data.vocab=separate but has no "
+                    f"source_tokenizer.json; copy the run directory whole"
+                )
+            self.source_tokenizer = Tokenizer.load(path)
 
     def build_model(self) -> torch.nn.Module:
         from seqlab.models import Seq2Seq
 
         m = self.model_config
-        vocab = self.tokenizer.vocab_size
         return Seq2Seq(
-            vocab,
-            vocab,
+            self.source_tokenizer.vocab_size,
+            self.tokenizer.vocab_size,
             embedding_dim=m.embedding_dim,
             bidirectional=m.bidirectional,
             merge_mode=m.merge_mode,
@@ -215,6 +242,7 @@ class TranslateTask(Task):
             attention=m.attention,
             attention_size=m.attention_size,
             input_feeding=m.input_feeding,
+            tie_embeddings=m.tie_embeddings,
             bridge=m.bridge,
             teacher_forcing_ratio=m.teacher_forcing_ratio,
             label_smoothing=m.label_smoothing,
@@ -229,9 +257,10 @@ class TranslateTask(Task):
     def _collate(self, examples) -> dict[str, torch.Tensor]:
         from seqlab.data.batching import pad_sequences
 
-        pad = self.tokenizer.pad_id
-        src, src_lengths = pad_sequences([src for src, _ in examples], pad_value=pad)
-        tgt, _ = pad_sequences([tgt for _, tgt in examples], pad_value=pad)
+        src, src_lengths = pad_sequences(
+            [src for src, _ in examples], pad_value=self.source_tokenizer.pad_id
+        )
+        tgt, _ = pad_sequences([tgt for _, tgt in examples], pad_value=self.tokenizer.pad_id)
         return {"src": src, "src_lengths": src_lengths, "tgt": tgt}
 
     def collate(self, key):
@@ -248,7 +277,8 @@ class TranslateTask(Task):
         p, t = self.predict_config, self.tokenizer
         if beam_size == 1:
             results = greedy_decode(
-                model, src, src_lengths, t.bos_id, t.eos_id, max_length_ratio=p.max_length_ratio
+                model, src, src_lengths, t.bos_id, t.eos_id, max_length=p.max_length,
+                max_length_ratio=p.max_length_ratio,
             )
             return [tokens for tokens, _ in results]
         results = beam_search(
@@ -259,6 +289,7 @@ class TranslateTask(Task):
             t.eos_id,
             beam_size=beam_size,
             length_penalty=p.length_penalty,
+            max_length=p.max_length,
             max_length_ratio=p.max_length_ratio,
         )
         return [nbest[0][0] for nbest in results]
@@ -299,7 +330,7 @@ class TranslateTask(Task):
         from seqlab.data.readers import DataError
 
         model.eval()
-        ids = [self._source_ids(text) for text in inputs]
+        ids = [self.source_ids(text) for text in inputs]
         limit = self.model_config.max_source_length
         for line, source in enumerate(ids, start=1):
             if limit is not None and len(source) > limit:
@@ -307,7 +338,7 @@ class TranslateTask(Task):
                     f"input {line} has {len(source)} tokens, more than model.max_source_length="
                     f"{limit}; shorten or split it"
                 )
-        src, src_lengths = pad_sequences(ids, pad_value=self.tokenizer.pad_id)
+        src, src_lengths = pad_sequences(ids, pad_value=self.source_tokenizer.pad_id)
         decoded = self._decode(
             model, src.to(device), src_lengths.to(device), self.predict_config.beam_size
         )
