@@ -137,6 +137,10 @@ class CaptionTask(Task):
             splits["test"] = read(data.test)
         return splits
 
+    def _inputs(self, item: ImageCaptions) -> torch.Tensor:
+        """What the model reads of one split's pictures: (N, 3, P, P) floats in [0, 1]."""
+        return images_to_tensor(item.images)
+
     def prepare(self, fit_vocab: bool = True) -> None:
         from seqlab.data.tokenizers import Tokenizer
 
@@ -151,7 +155,7 @@ class CaptionTask(Task):
                 min_frequency=data.min_frequency,
                 max_size=data.max_vocab,
             ))
-        self.images = {split: images_to_tensor(item.images) for split, item in splits.items()}
+        self.images = {split: self._inputs(item) for split, item in splits.items()}
         self.references = {}
         for split, item in splits.items():
             refs = [[c.lower() for c in caps] if data.lowercase else caps for caps in item.captions]
