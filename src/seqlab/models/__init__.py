@@ -20,6 +20,7 @@ from seqlab.models.transformer import (
     TransformerSeq2Seq,
     TransformerTagger,
 )
+from seqlab.models.video import VideoCaptioner, VideoEncoder
 
 __all__ = [
     "Captioner",
@@ -44,6 +45,8 @@ __all__ = [
     "TransformerSeq2Seq",
     "TransformerTagger",
     "ValueHeadLM",
+    "VideoCaptioner",
+    "VideoEncoder",
     "build_model",
     "detach_state",
     "from_pretrained_hf",

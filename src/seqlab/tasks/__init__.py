@@ -33,6 +33,7 @@ _MODULES = [
     "seqlab.tasks.transformer",
     "seqlab.tasks.fill_blank",
     "seqlab.tasks.caption",
+    "seqlab.tasks.video_caption",
     "seqlab.tasks.vision",
     "seqlab.tasks.pretrain",
     "seqlab.tasks.causal_lm",
