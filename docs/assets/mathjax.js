@@ -1,16 +1,12 @@
-// MathJax 3 for the site: pymdownx.arithmatex (generic mode) wraps each equation of a page or a
-// docstring in an element of class "arithmatex" as \( ... \) or \[ ... \]; the notebooks'
-// Markdown cells keep Jupyter's $ ... $ and $$ ... $$. Nothing else on a page is typeset.
+// MathJax 3 for the site: pymdownx.arithmatex (generic mode) writes each equation of a page or a
+// docstring as \( ... \) or \[ ... \]; the notebooks' Markdown cells keep Jupyter's $ ... $ and
+// $$ ... $$. Code blocks are left alone (MathJax skips pre and code).
 window.MathJax = {
   tex: {
     inlineMath: [["\\(", "\\)"], ["$", "$"]],
     displayMath: [["\\[", "\\]"], ["$$", "$$"]],
     processEscapes: true,
     processEnvironments: true,
-  },
-  options: {
-    ignoreHtmlClass: ".*|",
-    processHtmlClass: "arithmatex|jp-MarkdownOutput",
   },
 };
 
