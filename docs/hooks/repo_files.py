@@ -8,6 +8,8 @@
 * Every ``notebooks/teacher/*.ipynb`` becomes a page at the same path (rendered by
   mkdocs-jupyter) and gets a nav entry under "Notebooks"; the notebooks that are not there yet
   are simply left out, so the build does not depend on them.
+* A page of docs/ that the nav of mkdocs.yml does not list joins the nav section that holds
+  the other pages of its folder (a new ``docs/x.md`` goes to the end of "Concepts").
 """
 
 from __future__ import annotations
@@ -63,13 +65,48 @@ def included_sources(config) -> dict[str, str]:
     return pages
 
 
+def nav_paths(items) -> list[str]:
+    if isinstance(items, str):
+        return [items]
+    if isinstance(items, dict):
+        return [path for value in items.values() for path in nav_paths(value)]
+    return [path for item in items for path in nav_paths(item)]
+
+
+def folder_section(nav: list, folder: str) -> list | None:
+    """The top-level nav section that lists pages of ``folder``, if one does."""
+    for item in nav:
+        if isinstance(item, dict):
+            entries = next(iter(item.values()))
+            if isinstance(entries, list) and any(
+                    posixpath.dirname(path) == folder for path in nav_paths(entries)):
+                return entries
+    return None
+
+
+def add_unlisted_pages(config) -> None:
+    listed = set(nav_paths(config.nav))
+    docs = Path(config.docs_dir)
+    for page in sorted(docs.rglob("*.md")):
+        uri = page.relative_to(docs).as_posix()
+        if uri in listed or (config.exclude_docs and config.exclude_docs.match_file(uri)):
+            continue
+        section = folder_section(config.nav, posixpath.dirname(uri))
+        if section is not None:
+            log.info("%s is not in the nav of mkdocs.yml: listed with its folder's pages", uri)
+            section.append(uri)
+
+
 def on_config(config):
-    """Add the notebooks that exist to the nav (before the API reference, if there is one)."""
+    """Complete the nav: unlisted pages, then the notebooks that exist (before the API)."""
     folder = repo_root(config) / NOTEBOOKS
     if folder.is_dir() and str(folder) not in config.watch:
         config.watch.append(str(folder))  # `mkdocs serve` rebuilds when a notebook changes
+    if config.nav is None:
+        return config
+    add_unlisted_pages(config)
     paths = notebook_paths(config)
-    if not paths or config.nav is None:
+    if not paths:
         return config
     entries = [{notebook_title(p): f"{NOTEBOOKS}/{p.name}"} for p in paths]
     nav = [item for item in config.nav

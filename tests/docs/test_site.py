@@ -204,8 +204,9 @@ def write_notebook(path: Path, title: str) -> None:
                                 "nbformat_minor": 5}))
 
 
-def test_hook_includes_repo_files_and_adds_the_notebooks_that_exist(tmp_path):
-    """A small project: README as home page, a results file, one notebook of the three."""
+def test_hook_includes_repo_files_and_completes_the_nav(tmp_path):
+    """A small project: README as home page, a results file, one notebook of the three, a page
+    missing from the nav."""
     (tmp_path / "docs").mkdir()
     (tmp_path / "benchmarks").mkdir()
     (tmp_path / "notebooks" / "teacher").mkdir(parents=True)
@@ -215,6 +216,8 @@ def test_hook_includes_repo_files_and_adds_the_notebooks_that_exist(tmp_path):
         "# Results\n\nExplained in [the page](../docs/sub/page.md).\n")
     (tmp_path / "docs" / "sub").mkdir()
     (tmp_path / "docs" / "sub" / "page.md").write_text("# Page\n\n## part\n")
+    (tmp_path / "docs" / "sub" / "unlisted.md").write_text("# A page the nav forgot\n")
+    (tmp_path / "docs" / "api.md").write_text("# API\n")
     (tmp_path / "docs" / "index.md").write_text('--8<-- "README.md"\n')
     (tmp_path / "docs" / "results.md").write_text('--8<-- "benchmarks/RESULTS.md"\n')
     write_notebook(tmp_path / "notebooks" / "teacher" / "01_implement_an_rnn.ipynb",
@@ -223,8 +226,8 @@ def test_hook_includes_repo_files_and_adds_the_notebooks_that_exist(tmp_path):
         "site_name: demo\n"
         f"hooks: [{HOOKS / 'repo_files.py'}]\n"
         "plugins: [{mkdocs-jupyter: {include: ['*.ipynb'], execute: false, cache: false}}]\n"
-        "nav:\n  - Home: index.md\n  - sub/page.md\n  - results.md\n"
-        "  - API reference: [sub/page.md]\n"
+        "nav:\n  - Home: index.md\n  - Pages: [sub/page.md]\n  - results.md\n"
+        "  - API reference: [api.md]\n"
     )
     result = build(tmp_path, tmp_path / "site")
     assert result.returncode == 0, result.stderr[-4000:]
@@ -239,3 +242,5 @@ def test_hook_includes_repo_files_and_adds_the_notebooks_that_exist(tmp_path):
     text = (site / "index.html").read_text(encoding="utf-8")
     assert "notebooks/teacher/01_implement_an_rnn/" in home.links
     assert text.index("Notebooks") < text.index("Implement an RNN") < text.rindex("API reference")
+    # The page missing from the nav is listed after the other page of its folder.
+    assert home.links.index("sub/page/") < home.links.index("sub/unlisted/")
