@@ -21,6 +21,7 @@ from seqlab.models.transformer import (
     TransformerTagger,
 )
 from seqlab.models.video import VideoCaptioner, VideoEncoder
+from seqlab.models.vision import PatchEmbedding, SmallCNN, VisionTransformer
 
 __all__ = [
     "Captioner",
@@ -30,6 +31,7 @@ __all__ = [
     "ImageMemory",
     "LMOutput",
     "LanguageModel",
+    "PatchEmbedding",
     "RecurrentMaskedLM",
     "RewardModel",
     "RewardOutput",
@@ -37,6 +39,7 @@ __all__ = [
     "Seq2SeqOutput",
     "SequenceClassifier",
     "SequenceTagger",
+    "SmallCNN",
     "TaggerOutput",
     "TransformerClassifier",
     "TransformerEncoderModel",
@@ -47,6 +50,7 @@ __all__ = [
     "ValueHeadLM",
     "VideoCaptioner",
     "VideoEncoder",
+    "VisionTransformer",
     "build_model",
     "detach_state",
     "from_pretrained_hf",
