@@ -8,7 +8,10 @@ before mkdocstrings parses them:
   (generic mode) hands to MathJax;
 * ``:class:`X```, ``:func:`~a.b```, ... into the code span ```X``` / ```b```;
 * a simple table (columns drawn by ``=====  =====`` borders) into a Markdown table;
-* a paragraph ending in ``::`` (a literal block follows) into one ending in ``:``.
+* a paragraph ending in ``::`` (a literal block follows) into one ending in ``:``;
+* in an ``Args:`` / ``Raises:`` section, a wrapped line that starts at the items' indent
+  (``dropout,`` under ``num_classes: ...``) is indented as the continuation it is, so the
+  Google-style parser keeps it.
 
 It also leaves out the undocumented attributes that ``__init__`` sets (``self.scale = scale``):
 the reference shows every public function, method and constant, documented or not, and those
@@ -29,6 +32,9 @@ MATH_BLOCK = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*(?P<first>.*)\n"
                         r"(?P<body>(?:(?:(?P=indent)[ \t]+\S.*)?\n)*)", flags=re.MULTILINE)
 LITERAL_MARKER = re.compile(r"(?<=\S)::$", flags=re.MULTILINE)
 TABLE_BORDER = re.compile(r"^(?P<indent>[ \t]*)=+(?: +=+)+[ \t]*$")
+ITEM_SECTION = re.compile(r"^(?P<indent>[ \t]*)(?:Args|Arguments|Parameters|Raises):[ \t]*$")
+# One item of such a section: "name: ...", "a, b: ...", "*args: ...", "name (type): ...".
+ITEM = re.compile(r"^\*{0,2}\w+(?:, *\*{0,2}\w+)*(?: \([^)]*\))?:(?:\s|$)")
 
 
 def code_role(match: re.Match) -> str:
@@ -102,11 +108,32 @@ def simple_tables(text: str) -> str:
     return "\n".join(out)
 
 
+def item_continuations(text: str) -> str:
+    """Indent the wrapped lines of Args / Raises items that start at the items' own indent."""
+    lines, section_indent, item_indent = text.split("\n"), None, None
+    for index, line in enumerate(lines):
+        header = ITEM_SECTION.match(line)
+        if header:
+            section_indent, item_indent = len(header["indent"]), None
+            continue
+        if section_indent is None or not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent <= section_indent:
+            section_indent = None  # the section has ended
+        elif item_indent is None:
+            item_indent = indent
+        elif indent == item_indent and not ITEM.match(line.lstrip()):
+            lines[index] = " " * 4 + line
+    return "\n".join(lines)
+
+
 def to_markdown(text: str) -> str:
     text = MATH_BLOCK.sub(math_block, text + "\n").rstrip("\n")
     text = MATH_ROLE.sub(lambda m: f"\\({m['body']}\\)", text)
     text = CODE_ROLE.sub(code_role, text)
     text = simple_tables(text)
+    text = item_continuations(text)
     return LITERAL_MARKER.sub(":", text)
 
 

@@ -169,6 +169,11 @@ def test_rst_roles_math_and_tables_become_markdown():
         "====== ======\n"
         "x      (N,)\n"
         "====== ======\n"
+        "\n"
+        "Args:\n"
+        "    size: H. dropout,\n"
+        "    bias: as in\n"
+        "    torch.\n"
     )
     assert to_markdown(text) == (
         "Loss \\(-\\log \\sigma(\\beta m)\\), see `TransformerLM` and\n"
@@ -194,7 +199,12 @@ def test_rst_roles_math_and_tables_become_markdown():
         "\n"
         "| name | shape |\n"
         "| --- | --- |\n"
-        "| x | (N,) |"
+        "| x | (N,) |\n"
+        "\n"
+        "Args:\n"
+        "    size: H. dropout,\n"
+        "    bias: as in\n"
+        "        torch."
     )
 
 
