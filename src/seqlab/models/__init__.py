@@ -11,6 +11,7 @@ from seqlab.models.recurrent import recurrent_layer
 from seqlab.models.registry import build_model, load, model_spec, register_model
 from seqlab.models.reward import RewardModel, RewardOutput, ValueHeadLM
 from seqlab.models.seq2seq import Seq2Seq, Seq2SeqOutput
+from seqlab.models.speech import ListenAttendSpell, SpeechOutput, SpeechTransformer
 from seqlab.models.tagger import SequenceTagger
 from seqlab.models.transformer import (
     TransformerClassifier,
@@ -31,6 +32,7 @@ __all__ = [
     "ImageMemory",
     "LMOutput",
     "LanguageModel",
+    "ListenAttendSpell",
     "PatchEmbedding",
     "RecurrentMaskedLM",
     "RewardModel",
@@ -40,6 +42,8 @@ __all__ = [
     "SequenceClassifier",
     "SequenceTagger",
     "SmallCNN",
+    "SpeechOutput",
+    "SpeechTransformer",
     "TaggerOutput",
     "TransformerClassifier",
     "TransformerEncoderModel",

@@ -38,6 +38,7 @@ _MODULES = [
     "seqlab.tasks.pretrain",
     "seqlab.tasks.causal_lm",
     "seqlab.tasks.sft", "seqlab.tasks.reward_model", "seqlab.tasks.dpo", "seqlab.tasks.rl",
+    "seqlab.tasks.asr",
 ]
 
 _REGISTRY: dict[str, type[Task]] = {}
