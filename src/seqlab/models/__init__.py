@@ -3,6 +3,7 @@ masked), seq2seq, captioner, Transformers; `load(run_dir)` rebuilds any run's mo
 
 from seqlab.models.captioner import Captioner, CaptionerOutput, ImageEncoder, ImageMemory
 from seqlab.models.classifier import SequenceClassifier
+from seqlab.models.forecaster import TransformerForecaster
 from seqlab.models.hf import from_pretrained_hf
 from seqlab.models.language_model import LanguageModel, detach_state
 from seqlab.models.masked_lm import RecurrentMaskedLM
@@ -47,6 +48,7 @@ __all__ = [
     "TaggerOutput",
     "TransformerClassifier",
     "TransformerEncoderModel",
+    "TransformerForecaster",
     "TransformerLM",
     "TransformerMaskedLM",
     "TransformerSeq2Seq",

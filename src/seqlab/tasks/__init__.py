@@ -29,6 +29,7 @@ _MODULES = [
     "seqlab.tasks.copy_memory",
     "seqlab.tasks.digits",
     "seqlab.tasks.forecast",
+    "seqlab.tasks.bio",
     "seqlab.tasks.translate",
     "seqlab.tasks.transformer",
     "seqlab.tasks.fill_blank",
