@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 
-.PHONY: install test test-fast demo bench lint
+.PHONY: install test test-fast demo bench lint docs
 
 # torch is pinned to the CPU build this machine type carries; a GPU machine can install its own first.
 install:
@@ -26,3 +26,7 @@ bench: install
 
 lint:
 	$(PYTHON) -m ruff check src tests benchmarks
+
+# The documentation site (MkDocs Material) in site/; `python -m mkdocs serve` serves it locally.
+docs: install
+	$(PYTHON) -m mkdocs build --strict --site-dir site
