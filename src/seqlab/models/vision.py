@@ -114,7 +114,8 @@ class VisionTransformer(nn.Module):
     with z_ell the patch embeddings (:class:`PatchEmbedding`), x_cls a learned vector (BERT's
     [CLS]: a token that belongs to no patch, whose final state summarises the image) and P_pos
     learned positions (L + 1 rows). The blocks are :class:`seqlab.nn.TransformerEncoderLayer`;
-    pre-norm (``norm_first=True``, the paper's) ends the stack with a LayerNorm.
+    pre-norm (``norm_first=True``, the paper's) ends the stack with the LayerNorm LN, which
+    post-norm blocks (``norm_first=False``) apply inside each block instead.
 
     Without P_pos the encoder would see the patches as a set: self-attention is equivariant to
     permuting its tokens, so the class token's output would not change if the patches were

@@ -117,6 +117,9 @@ def plot_patch_attention(
 ) -> Path:
     """Write a PNG: one row per image, the picture, then the class token's attention over it.
 
+    Each attention panel lays the G x G map over the dimmed picture (one cell per patch) and
+    is scaled to its own maximum, so panels show where attention goes, not how much of it.
+
     Args:
         images: (N, C, H, W) tensor (pixels in [0, 1]) or a list of pictures.
         attentions: the model's weights for these images, one (N, h, T, T) tensor per layer.
