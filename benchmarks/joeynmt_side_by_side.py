@@ -15,7 +15,8 @@ environment that sees the system's torch:
 (`importlib_metadata` is needed though undeclared.) The data is Multi30k laid out as
 `train.de.gz` / `train.en.gz`, `val.*`, `test_2016_flickr.*` (`--data`, by default
 `../shared/data/multi30k` beside the repository); `--source` / `--target` pick the direction, so
-any pair laid out the same way works. Everything is written to a temporary directory (`--keep`
+any pair laid out the same way works, and `--train-pairs N` keeps the first N training pairs (a
+small-data setting). Both sides read the same uncompressed copies. Everything is written to a temporary directory (`--keep`
 names a directory to keep instead).
 
 Each round starts both trainings at once, one thread each, with the same budget of training time
@@ -72,8 +73,9 @@ def device_name() -> str:
     return f"CPU {platform.processor() or platform.machine()} ({os.cpu_count()} cores), one thread per side"
 
 
-def write_plain(data: Path, work: Path, languages: tuple[str, str]) -> Path:
-    """Joey's `plain` layout (`train.de`, `train.en`, ...) from the gzipped or plain files."""
+def write_plain(data: Path, work: Path, languages: tuple[str, str], train_pairs: int | None) -> Path:
+    """Joey's `plain` layout (`train.de`, `train.en`, ...) from the gzipped or plain files, read
+    by both sides; with `train_pairs`, only the first that many training pairs."""
     plain = work / "data"
     plain.mkdir(parents=True, exist_ok=True)
     for name in SPLITS.values():
@@ -86,7 +88,10 @@ def write_plain(data: Path, work: Path, languages: tuple[str, str]) -> Path:
                 sys.exit(f"{data} has no {name}.{language}(.gz); pass --data DIR with train / val / "
                          f"test_2016_flickr files for --source {languages[0]} --target {languages[1]}")
             with opener(source, "rt", encoding="utf-8") as lines:
-                (plain / f"{name}.{language}").write_text(lines.read(), encoding="utf-8")
+                text = lines.read()
+            if name == SPLITS["train"] and train_pairs is not None:
+                text = "".join(text.splitlines(keepends=True)[:train_pairs])
+            (plain / f"{name}.{language}").write_text(text, encoding="utf-8")
     return plain
 
 
@@ -162,15 +167,13 @@ def start_joey(python: str, plain: Path, work: Path, round_: int, args) -> dict:
             "started": None}
 
 
-def start_seqlab(data: Path, work: Path, round_: int, args) -> dict:
+def start_seqlab(plain: Path, work: Path, round_: int, args) -> dict:
     run_dir = work / f"seqlab-{round_}"
-    prefix = str(data / "{}")
-    suffix = ".gz" if (data / f"train.{args.source}.gz").is_file() else ""
     command = [
         sys.executable, "-m", "seqlab", "train", RECIPES[args.model],
-        f"data.train={prefix.format('train')}", f"data.valid={prefix.format('val')}",
-        f"data.test={prefix.format('test_2016_flickr')}",
-        f"data.source_suffix=.{args.source}{suffix}", f"data.target_suffix=.{args.target}{suffix}",
+        *(f"data.{key}={plain / name}" for key, name in
+          (("train", SPLITS["train"]), ("valid", SPLITS["dev"]), ("test", SPLITS["test"]))),
+        f"data.source_suffix=.{args.source}", f"data.target_suffix=.{args.target}",
         "trainer.num_threads=1", f"trainer.max_time_minutes={args.minutes}", "trainer.epochs=1000",
         f"trainer.eval_every={args.eval_every}", "trainer.save_every=null", "trainer.progress=false",
         "trainer.early_stopping_patience=null", f"trainer.seed={args.seed}", "predict.num_examples=0",
@@ -273,6 +276,7 @@ def main() -> None:
     parser.add_argument("--source", default="de")
     parser.add_argument("--target", default="en")
     parser.add_argument("--model", choices=sorted(RECIPES), default="gru")
+    parser.add_argument("--train-pairs", type=int, help="train on the first N pairs only")
     parser.add_argument("--minutes", type=float, default=20.0, help="training time of each side")
     parser.add_argument("--eval-every", type=int, default=100, help="validation every N steps")
     parser.add_argument("--rounds", type=int, default=1)
@@ -295,15 +299,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        plain = write_plain(args.data, work, (args.source, args.target))
+        plain = write_plain(args.data, work, (args.source, args.target), args.train_pairs)
         sources = (plain / f"{SPLITS['test']}.{args.source}").read_text(encoding="utf-8").splitlines()
         references = (plain / f"{SPLITS['test']}.{args.target}").read_text(encoding="utf-8").splitlines()
         for round_ in range(args.rounds):
             if round_ % 2 == 0:
                 joey = start_joey(args.joey_python, plain, work, round_, args)
-                seqlab = start_seqlab(args.data, work, round_, args)
+                seqlab = start_seqlab(plain, work, round_, args)
             else:
-                seqlab = start_seqlab(args.data, work, round_, args)
+                seqlab = start_seqlab(plain, work, round_, args)
                 joey = start_joey(args.joey_python, plain, work, round_, args)
             watch(joey, seqlab, args.minutes)
             result = {"Joey NMT 2.3.0": joey_facts(joey), "seqlab": seqlab_facts(seqlab["directory"])}
@@ -329,7 +333,8 @@ def main() -> None:
 
     lines = [
         (f"- device: {device_name()}; torch {torch.__version__}; {args.rounds} round(s), medians; "
-         f"{args.minutes:g} minutes of training each, both at once; {args.source} → {args.target}"),
+         f"{args.minutes:g} minutes of training each, both at once; {args.source} → {args.target}"
+         + (f", the first {args.train_pairs} training pairs" if args.train_pairs else "")),
         f"- seqlab: `seqlab train {RECIPES[args.model]}` + {' '.join(args.seqlab) or 'nothing else'}",
         "",
         ("| | parameters | steps | BLEU greedy | BLEU beam 5 | chrF greedy | chrF beam 5 "

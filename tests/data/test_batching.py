@@ -110,3 +110,20 @@ def test_pad_float_lists_keep_their_values():
     padded, lengths = pad_sequences([[0.5, 1.5], [2.25]])
     assert torch.equal(padded, torch.tensor([[0.5, 1.5], [2.25, 0.0]]))
     assert lengths.tolist() == [2, 1]
+
+
+def test_token_batches_fill_up_to_the_token_budget():
+    from seqlab.data.batching import token_batches
+
+    lengths = [3, 9, 4, 4, 12, 1, 7, 7, 2, 30, 5, 6] * 5
+    groups = token_batches(lengths, max_tokens=24, seed=1, epoch=2)
+    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
+    for group in groups:
+        cost = len(group) * max(lengths[i] for i in group)  # padded tokens of the batch
+        assert cost <= 24 or len(group) == 1  # the 30-token sequence rides alone
+    assert groups == token_batches(lengths, max_tokens=24, seed=1, epoch=2)
+    assert groups != token_batches(lengths, max_tokens=24, seed=1, epoch=3)
+    ordered = token_batches([2, 2, 2, 5, 5], max_tokens=10, shuffle=False)
+    assert ordered == [[0, 1, 2], [3, 4]]  # 3 x 2 = 6, then 4 x 5 > 10; 2 x 5 = 10
+    with pytest.raises(ValueError, match="max_tokens"):
+        token_batches([1, 2], max_tokens=0)

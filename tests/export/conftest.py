@@ -49,6 +49,9 @@ def recipes(tmp):
                                     "data.test_size=8"]),
         "seq2seq-luong": ("translate-lstm-luong", REVERSAL + ["model.hidden_size=8",
                                                               "model.embedding_dim=4"]),
+        # translate-gru-attn: separate vocabularies, additive attention after the step, input feeding
+        "seq2seq-concat": ("translate-gru-attn", REVERSAL + ["model.hidden_size=8",
+                                                             "model.embedding_dim=4"]),
         "seq2seq-transformer": ("translate-transformer", TINY_TRANSFORMER + REVERSAL + [
             "predict.beam_size=2"]),
         "captioner": ("caption-gru", ["data.train_size=24", "data.valid_size=6",

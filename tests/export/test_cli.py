@@ -13,7 +13,7 @@ TOLERANCE = 1e-4
 INPUTS = {"classifier": ["the film was good", "awful", "the film was long and dull"],
           "classifier-transformer": ["the film was good", "awful"],
           "tagger": ["the dog runs", "the cat"], "lm": ["The ", "def f"],
-          "lm-transformer": ["The "], "seq2seq": ["a b c d", "e"],
+          "lm-transformer": ["The "], "seq2seq": ["a b c d", "e"], "seq2seq-concat": ["a b c d", "e"],
           "seq2seq-transformer": ["a b c d", "e f"]}
 
 

@@ -109,11 +109,12 @@ def test_greedy_generation_through_onnx_gives_the_same_tokens(runs, name):
     assert got == expected[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("name", ["seq2seq", "seq2seq-luong", "seq2seq-transformer"])
+@pytest.mark.parametrize(
+    "name", ["seq2seq", "seq2seq-luong", "seq2seq-concat", "seq2seq-transformer"])
 @pytest.mark.parametrize("length", [1, 4, 9])
 def test_encoder_decoder_steps_and_greedy_tokens_match_torch(runs, name, length):
     task, model, exported = opened(runs, name)
-    src, src_lengths = id_batch(task.tokenizer.vocab_size, 3, length, seed=length)
+    src, src_lengths = id_batch(task.source_tokenizer.vocab_size, 3, length, seed=length)
     with torch.no_grad():
         memory, onnx_memory = model.encode(src, src_lengths), exported.encode(src, src_lengths)
         state, onnx_state = model.init_state(memory), exported.init_state(onnx_memory)

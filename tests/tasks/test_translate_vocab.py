@@ -68,14 +68,14 @@ def test_joint_vocabulary_is_one_tokenizer_for_both_sides(tmp_path):
 
 
 def test_a_source_only_word_is_never_produced(tmp_path):
-    config, task = _task(tmp_path, "data.vocab=separate")
+    _config, task = _task(tmp_path, "data.vocab=separate")
     model = task.build_model().eval()
     with torch.no_grad():
-        # Make the output layer favour "xaver" as much as it can: with separate vocabularies
-        # there is no such output, so the copy-prone untrained model still cannot emit it.
+        # With separate vocabularies the output layer has no row for "xaver" at all.
         outputs = task.predict(model, ["xaver xaver xaver", "xaver läuft"], torch.device("cpu"))
     assert all("xaver" not in output.split() for output in outputs)
-    joint_config, joint = _task(tmp_path, "data.vocab=joint")
+    # A joint vocabulary can: an output bias towards it is enough.
+    _joint_config, joint = _task(tmp_path, "data.vocab=joint")
     joint_model = joint.build_model().eval()
     xaver = joint.tokenizer.encode("xaver")[0]
     with torch.no_grad():
@@ -90,7 +90,7 @@ def test_separate_run_reloads_and_needs_its_source_tokenizer(tmp_path):
     config, task = _task(tmp_path, "data.vocab=separate")
     run_dir = _save_run(tmp_path, config, task)
     assert (run_dir / "source_tokenizer.json").is_file()
-    _, loaded, model, _ = open_run(run_dir)
+    _, loaded, _model, _ = open_run(run_dir)
     assert loaded.source_tokenizer.encode("xaver läuft") == task.source_tokenizer.encode("xaver läuft")
     assert loaded.tokenizer.encode("two dogs") == task.tokenizer.encode("two dogs")
     (run_dir / "source_tokenizer.json").unlink()
@@ -104,7 +104,7 @@ def test_run_saved_before_the_vocab_key_loads_as_joint(tmp_path):
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     del saved["data"]["vocab"]  # a config written before data.vocab existed
     (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
-    _, loaded, model, _ = open_run(run_dir)
+    _, loaded, _model, _ = open_run(run_dir)
     assert loaded.source_tokenizer is loaded.tokenizer
     assert not (run_dir / "source_tokenizer.json").exists()
     assert len(predict_run(run_dir, ["ein hund läuft"])) == 1
@@ -137,7 +137,7 @@ def test_concat_attention_reads_after_the_step_with_input_feeding():
         # o_t = tanh(W_c [c_t; s_t]); logits = W_out o_t + b.
         embedded = decoder.embedding(tgt[:, t])
         previous = state.hidden
-        output, hidden = decoder.rnn(torch.cat([embedded, state.feed], -1).unsqueeze(1), previous)
+        output, _hidden = decoder.rnn(torch.cat([embedded, state.feed], -1).unsqueeze(1), previous)
         query = output.squeeze(1)
         scores = torch.tanh(decoder.attention.query_proj(query)[:, None]
                             + decoder.attention.key_proj(memory.outputs)) @ decoder.attention.v

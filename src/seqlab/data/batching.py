@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["batches", "bucket_batches", "pad_sequences", "padding_mask"]
+__all__ = ["batches", "bucket_batches", "pad_sequences", "padding_mask", "token_batches"]
 
 TRUNCATIONS = ("right", "left")
 
@@ -184,6 +184,48 @@ def bucket_batches(
         groups.extend(_split(indices, batch_size, drop_last=False))
     if drop_last and groups and len(groups[-1]) < batch_size:
         groups.pop()
+    if shuffle:
+        groups = [groups[i] for i in rng.permutation(len(groups))]
+    return groups
+
+
+def token_batches(
+    lengths: Sequence[int] | torch.Tensor,
+    max_tokens: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+    bucket_size: int = 6400,
+) -> list[list[int]]:
+    """Batches of indices holding at most ``max_tokens`` padded tokens each (batch by tokens).
+
+    A batch of sequences padded to its longest one costs size x longest; filling batches up to
+    that product instead of a fixed number of sequences gives short sentences larger batches
+    and long ones smaller, so every step does about the same work. As in
+    :func:`bucket_batches`, the indices are shuffled per (``seed``, ``epoch``), cut into chunks
+    of ``bucket_size`` sorted by length, grouped greedily, and the batch order shuffled. A
+    sequence longer than ``max_tokens`` gets a batch of its own.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if isinstance(lengths, torch.Tensor):
+        lengths = lengths.tolist()
+    lengths = np.asarray(lengths, dtype=np.int64)
+    rng = _rng(seed, epoch)
+    order = rng.permutation(len(lengths)) if shuffle else np.arange(len(lengths))
+    groups: list[list[int]] = []
+    for start in range(0, len(order), bucket_size):
+        indices = order[start : start + bucket_size]
+        indices = indices[np.argsort(lengths[indices], kind="stable")]
+        batch: list[int] = []
+        for index in indices.tolist():
+            # Sorted by length: the newcomer is the batch's longest sequence.
+            if batch and (len(batch) + 1) * int(lengths[index]) > max_tokens:
+                groups.append(batch)
+                batch = []
+            batch.append(index)
+        if batch:
+            groups.append(batch)
     if shuffle:
         groups = [groups[i] for i in rng.permutation(len(groups))]
     return groups

@@ -34,6 +34,7 @@ from seqlab.tasks.base import (
     eval_batches,
     example_batches,
     require_path,
+    shard_batches,
     split_off,
     spread,
     to_device,
@@ -59,6 +60,9 @@ class TranslateData(StrictModel):
     num_symbols: int = Field(10, ge=1, le=26)
     # Training pairs with more tokens than this on either side are left out (None keeps all).
     max_tokens: int | None = Field(80, ge=1)
+    # Training batches by padded tokens (source + target of the longest pair x pairs) instead
+    # of trainer.batch_size pairs; None batches by pairs.
+    batch_tokens: int | None = Field(None, ge=1)
     tokenizer: Literal["char", "word", "bpe", "wordpiece"] = "word"
     vocab: Literal["joint", "separate"] = "joint"
     lowercase: bool = False
@@ -251,8 +255,15 @@ class TranslateTask(Task):
         )
 
     def train_batches(self, epoch, batch_size, rank=0, world_size=1):
-        lengths = [len(src) for src, _ in self.examples["train"]]
-        return example_batches(lengths, batch_size, self.seed, epoch, rank, world_size)
+        examples = self.examples["train"]
+        if self.data.batch_tokens is None:
+            lengths = [len(src) for src, _ in examples]
+            return example_batches(lengths, batch_size, self.seed, epoch, rank, world_size)
+        from seqlab.data.batching import token_batches
+
+        lengths = [len(src) + len(tgt) for src, tgt in examples]
+        order = token_batches(lengths, self.data.batch_tokens, seed=self.seed, epoch=epoch)
+        return shard_batches(order, rank, world_size)
 
     def _collate(self, examples) -> dict[str, torch.Tensor]:
         from seqlab.data.batching import pad_sequences
