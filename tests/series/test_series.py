@@ -108,11 +108,32 @@ def test_windows_targets_and_level(tmp_path):
     task = build_task(load_config("forecast-transformer", base + [
         "data.corpus=csv", "data.level=last", "model.d_model=8", "model.nhead=2", "model.num_layers=1"]))
     task.prepare()
-    x, y, offsets = task.tensors["valid"]
+    x, y, shift, base, _ = task.tensors["valid"]
     first = task.origins["valid"][0]
-    assert torch.allclose(offsets[0], series[first - 1])
-    assert torch.allclose(x[0, :, 0] + offsets[0], series[first - 4:first, 0])
-    assert torch.allclose(y[0, :, 0] + offsets[0], series[first:first + 3, 0])  # (H, F) after the window
+    assert torch.allclose(shift[0], series[first - 1]) and torch.allclose(base[0], series[first - 1].expand(3, 1))
+    assert torch.allclose(x[0, :, 0] + shift[0], series[first - 4:first, 0])
+    assert torch.allclose(y[0, :, 0] + shift[0], series[first:first + 3, 0])  # (H, F) after the window
+
+
+def test_seasonal_level_targets_are_seasonal_differences(tmp_path):
+    values = [float(i * i % 17) for i in range(80)]
+    path = write_series(tmp_path / "s.csv", values)
+    # Season 2, horizon 3: y_{t+1} − y_{t−1}, y_{t+2} − y_t, y_{t+3} − y_{t+1}.
+    common = [f"data.train={path}", "data.window=4", "data.horizon=3", "data.season=2", "data.level=season"]
+    task = forecast_task(common + ["data.stride=1"])
+    task.prepare()
+    series = task.scaler.transform(torch.tensor(values)[:, None])[:, 0]  # (T,)
+    x, y = task.tensors["train"]
+    s = task.origins["train"][0]
+    assert s == 4 + 1  # the first step's differences reach one step (m − 1) before the window
+    assert torch.allclose(x[0, :, 0], series[s - 4:s])
+    first_step = s - 4  # its next three values, less the values m·⌈h/m⌉ = 2, 2, 4 steps before them
+    expected = torch.stack([series[first_step + h] - series[first_step + h - lag] for h, lag in ((1, 2), (2, 2), (3, 4))])
+    assert torch.allclose(y[0, 0], expected)
+    _, y, shift, base, _ = task.tensors["test"]
+    s = task.origins["test"][0]
+    assert torch.equal(shift, torch.zeros_like(shift))
+    assert torch.allclose(base[0, :, 0], series[[s - 2, s - 1, s - 2]])  # the seasonal-naive forecast
 
 
 class LastValue(torch.nn.Module):
@@ -178,3 +199,20 @@ def test_bundled_series():
     assert not monthly.isnan().any() and not weekly.isnan().any()
     # 1958-04 has weekly readings 317.3, 317.6, 317.5, 316.4 (the 5th of April to the 26th).
     assert monthly[1, 0].item() == pytest.approx((317.3 + 317.6 + 317.5 + 316.4) / 4, abs=1e-4)
+
+
+def test_window_level_standardises_each_window(tmp_path):
+    values = [float(i % 7) * (1 + i / 20) for i in range(90)]
+    path = write_series(tmp_path / "s.csv", values)
+    task = build_task(load_config("forecast-transformer", [
+        f"data.train={path}", "data.corpus=csv", "data.window=8", "data.horizon=2", "data.season=1",
+        "data.level=window", "model.d_model=8", "model.nhead=2", "model.num_layers=1"]))
+    task.prepare()
+    x, y, shift, base, scale = task.tensors["test"]
+    assert torch.allclose(x.mean(1), torch.zeros_like(shift), atol=1e-5)
+    assert torch.allclose(x.std(1), torch.ones_like(scale), atol=1e-5)
+    series = task.scaler.transform(torch.tensor(values)[:, None])  # (T, 1)
+    s = task.origins["test"][0]
+    window = series[s - 8:s]
+    assert torch.allclose(shift[0], window.mean(0)) and torch.allclose(scale[0], window.std(0))
+    assert torch.allclose(y[0] * scale[0] + base[0], series[s:s + 2], atol=1e-5)

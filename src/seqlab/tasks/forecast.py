@@ -8,7 +8,11 @@ deviation only, and cut into windows. A forecast from origin t (the last step se
 x = y[t-W+1 .. t] and predicts y[t+1 .. t+H] (`data.horizon`); with `data.level=last` the
 window's last value is subtracted from inputs and targets (and added back to the forecast), so
 the model forecasts changes rather than levels and a trend past the training range stays in
-reach. Validation and test origins roll one step at a time over their split; their windows may
+reach; with `data.level=window` each window is standardised by its own mean and standard
+deviation (reversible instance normalisation, Kim et al. 2022), so a cycle of a size never seen
+in training looks like the ones that were; with `data.level=season` the targets are the seasonal differences y_{t+h} − ŷ^naive_{t+h}
+(seasonal differencing, as in SARIMA), so the model learns a correction to the seasonal-naive
+forecast. Validation and test origins roll one step at a time over their split; their windows may
 reach back into the earlier splits (values known at forecast time), their targets never leave it.
 
 Two model families (`model.family`):
@@ -68,7 +72,7 @@ class ForecastData(StrictModel):
     window: int = Field(48, ge=2)
     horizon: int = Field(1, ge=1)
     season: int | None = Field(None, ge=1)
-    level: Literal["none", "last"] = "none"
+    level: Literal["none", "last", "window", "season"] = "none"
     stride: int = Field(1, ge=1)
     valid_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, ge=0, lt=0.5)
@@ -104,6 +108,16 @@ class ForecastTask(TensorTask):
     run_dir: Path | None = None
 
     @property
+    def mean(self) -> torch.Tensor:
+        """(F,) the training part's mean (the scaler's)."""
+        return self.scaler.mean
+
+    @property
+    def std(self) -> torch.Tensor:
+        """(F,) the training part's standard deviation (the scaler's)."""
+        return self.scaler.std
+
+    @property
     def corpus(self) -> str:
         d = self.data
         return d.corpus or ("csv" if d.train else "sines")
@@ -136,11 +150,16 @@ class ForecastTask(TensorTask):
         return series.float()
 
     def _windows(self, scaled: torch.Tensor, origins: list[int], train: bool):
-        """(inputs (N, W, F), targets, offsets (N, F)) for forecasts starting at `origins`.
+        """(inputs (N, W, F), targets[, shift (N, F), base (N, H, F), scale (N, F)]) for the
+        forecasts from `origins`, in the units the model sees: inputs (x − shift) / scale,
+        targets (y − base) / scale.
 
         Targets: (N, W, H·F), the next H values after every step (recurrent family), or
-        (N, H, F), the H values after the window (transformer family)."""
-        w, h = self.data.window, self.data.horizon
+        (N, H, F), the H values after the window (transformer family). By `data.level`: shift
+        and base the window's last value (`last`), its mean with scale its standard deviation
+        (`window`), base the seasonal-naive forecast (`season`); else shift = base = 0, scale 1."""
+        d = self.data
+        w, h, m = d.window, d.horizon, self.season
         index = torch.tensor(origins)[:, None] + torch.arange(-w, 0)  # (N, W)
         inputs = scaled[index]  # (N, W, F)
         if self.model_config.family == "recurrent":
@@ -148,13 +167,28 @@ class ForecastTask(TensorTask):
         else:
             ahead = index[:, -1:] + torch.arange(1, h + 1)  # (N, H)
         targets = scaled[ahead]  # (N, W, H, F) or (N, H, F)
-        offsets = inputs[:, -1] if self.data.level == "last" else torch.zeros_like(inputs[:, -1])  # (N, F)
-        inputs = inputs - offsets[:, None]
-        if self.model_config.family == "recurrent":
-            targets = (targets - offsets[:, None, None]).flatten(2)  # (N, W, H·F)
+        scale = torch.ones_like(inputs[:, -1])  # (N, F)
+        if d.level == "last":
+            shift = inputs[:, -1]
+        elif d.level == "window":
+            shift, scale = inputs.mean(1), inputs.std(1).clamp_min(1e-2)
         else:
-            targets = targets - offsets[:, None]  # (N, H, F)
-        return (inputs, targets) if train else (inputs, targets, offsets)
+            shift = torch.zeros_like(inputs[:, -1])
+
+        def per_window(value):  # (N, F) -> broadcastable against the targets
+            return value.view(value.size(0), *[1] * (targets.dim() - 2), -1)
+
+        if d.level == "season":
+            steps = torch.arange(1, h + 1)
+            lag = m * torch.div(steps + m - 1, m, rounding_mode="floor")  # m·⌈h/m⌉, (H,)
+            base = scaled[ahead - lag]  # y_{t+h−m⌈h/m⌉}, like targets
+        else:
+            base = per_window(shift).expand_as(targets)
+        inputs = (inputs - shift[:, None]) / scale[:, None]
+        targets = (targets - base) / per_window(scale)
+        if self.model_config.family == "recurrent":
+            targets, base = targets.flatten(2), base[:, -1]  # (N, W, H·F); (N, H, F) at the last step
+        return (inputs, targets) if train else (inputs, targets, shift, base, scale)
 
     def prepare(self, fit_vocab: bool = True) -> None:
         from seqlab.data.readers import DataError
@@ -178,9 +212,12 @@ class ForecastTask(TensorTask):
             self.scaler = Standardizer.fit(series[: bounds["train"][1]])
         scaled = self.scaler.transform(series)  # (T, F), the training part's statistics
         self.series = series
+        # Per-step seasonal differences reach m - 1 steps before the window's first step.
+        recurrent_season = d.level == "season" and self.model_config.family == "recurrent"
+        lookback = d.window + (self.season - 1 if recurrent_season else 0)
         self.tensors, self.origins = {}, {}
         for split, (start, end) in bounds.items():
-            origins = forecast_origins(start, end, d.window, d.horizon, d.stride if split == "train" else 1)
+            origins = forecast_origins(start, end, lookback, d.horizon, d.stride if split == "train" else 1)
             if not origins:
                 raise DataError(
                     f"the {split} part of the series (steps {start}..{end - 1}, {end - start} steps) holds no "
@@ -228,7 +265,7 @@ class ForecastTask(TensorTask):
     def _slice(tensors, index):
         batch = {"inputs": tensors[0][index], "targets": tensors[1][index]}
         if len(tensors) > 2:
-            batch["offsets"] = tensors[2][index]
+            batch["shift"], batch["base"], batch["scale"] = (t[index] for t in tensors[2:])
         return batch
 
     def training_step(self, model, batch, carry):
@@ -246,10 +283,11 @@ class ForecastTask(TensorTask):
         from seqlab.data.series import seasonal_naive
 
         out = model(batch["inputs"], targets=batch["targets"])
-        offsets = batch["offsets"][:, None]  # (N, 1, F)
-        history = self.scaler.inverse(batch["inputs"].float().cpu() + offsets.cpu())  # (N, W, F)
-        truth = self.scaler.inverse(self._forecast(batch["targets"]).cpu() + offsets.cpu())  # (N, H, F)
-        forecast = self.scaler.inverse(self._forecast(out.logits.float()).cpu() + offsets.cpu())  # (N, H, F)
+        shift, scale = batch["shift"][:, None].cpu(), batch["scale"][:, None].cpu()  # (N, 1, F)
+        base = batch["base"].cpu()  # (N, H, F)
+        history = self.scaler.inverse(batch["inputs"].float().cpu() * scale + shift)  # (N, W, F)
+        truth = self.scaler.inverse(self._forecast(batch["targets"]).cpu() * scale + base)  # (N, H, F)
+        forecast = self.scaler.inverse(self._forecast(out.logits.float()).cpu() * scale + base)  # (N, H, F)
         naive = seasonal_naive(history, self.data.horizon, self.season)  # (N, H, F)
         return {"loss": out.loss, "history": history, "truth": truth, "forecast": forecast, "naive": naive}
 
@@ -273,6 +311,7 @@ class ForecastTask(TensorTask):
         `;` when there are several columns. The Transformer reads the last data.window values
         and needs that many; the recurrent model reads them all."""
         from seqlab.data.readers import DataError
+        from seqlab.data.series import seasonal_naive
 
         features = len(self.column_names)
         w = self.data.window
@@ -295,9 +334,19 @@ class ForecastTask(TensorTask):
                                     f"data.window={w} values; give at least {w}, got {series.size(0)}")
                 series = series[-w:]
             x = self.scaler.transform(series)  # (T, F)
-            offset = x[-1] if self.data.level == "last" else torch.zeros(features)  # (F,)
-            logits = model((x - offset).unsqueeze(0).to(device)).logits.float().cpu()
-            forecast = self.scaler.inverse(self._forecast(logits)[0] + offset)  # (H, F)
+            shift = x[-1] if self.data.level == "last" else torch.zeros(features)  # (F,)
+            scale = torch.ones(features)  # (F,)
+            if self.data.level == "window":
+                shift, scale = x.mean(0), (x.std(0) if x.size(0) > 1 else scale).clamp_min(1e-2)
+            if self.data.level == "season":
+                if x.size(0) < self.season:
+                    raise DataError(f"predict input {text!r}: data.level=season needs at least "
+                                    f"{self.season} values (one season), got {x.size(0)}")
+                base = seasonal_naive(x, self.data.horizon, self.season)  # (H, F)
+            else:
+                base = shift.expand(self.data.horizon, features)  # (H, F)
+            logits = model(((x - shift) / scale).unsqueeze(0).to(device)).logits.float().cpu()
+            forecast = self.scaler.inverse(self._forecast(logits)[0] * scale + base)  # (H, F)
             lines.append("; ".join(" ".join(f"{v:.4f}" for v in step) for step in forecast.tolist())
                          if features > 1 else " ".join(f"{v:.4f}" for v in forecast[:, 0].tolist()))
         return lines
