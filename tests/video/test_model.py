@@ -16,6 +16,8 @@ ENCODERS = [
     {"encoder": "lstm", "cell": "lstm", "bidirectional": True, "encoder_layers": 2},
     {"encoder": "transformer", "cell": "gru", "encoder_layers": 2, "nhead": 2},
     {"encoder": "transformer", "cell": "lstm", "nhead": 2},
+    {"encoder": "gru", "cell": "gru", "memory": "regions", "bidirectional": True},
+    {"encoder": "transformer", "cell": "gru", "nhead": 2, "memory": "regions"},
 ]
 
 
@@ -77,6 +79,27 @@ def test_frame_features_are_the_image_encoders_vector_of_each_real_frame():
         assert bool((outputs[n, lengths[n] :] == 0).all())
 
 
+def test_region_memory_is_each_cells_history_through_the_encoder():
+    torch.manual_seed(0)
+    encoder = VideoEncoder(
+        "gru", image_size=16, channels=(4, 6), hidden_size=5, bidirectional=True,
+        merge_mode="sum", memory="regions",
+    )
+    clips, lengths = _clips(), torch.tensor([5, 2, 4])
+    summaries, h_n = encoder(clips, lengths)
+    assert summaries.shape == (3, 16, 5) and h_n.shape == (2, 3, 5)
+    gru = torch.nn.GRU(6, 5, batch_first=True, bidirectional=True)
+    gru.load_state_dict(encoder.temporal.state_dict())
+    for n in range(3):
+        length = int(lengths[n])
+        previous = clips[n, [0] + list(range(length - 1))]  # frame f - 1 (frame 0 for f = 0)
+        frames = torch.cat([clips[n, :length], clips[n, :length] - previous], dim=1)
+        regions, _ = encoder.frames(frames)  # (F, R, C): the CNN's regions of each frame
+        _, h = gru(regions.transpose(0, 1))  # each of the 16 cells' history, (2, R, 5)
+        torch.testing.assert_close(summaries[n], h[0] + h[1])  # directions summed
+        torch.testing.assert_close(h_n[:, n], h.mean(1))  # the clip's state: the cells' mean
+
+
 def test_transformer_summary_is_the_mean_of_the_real_frames_outputs():
     torch.manual_seed(0)
     encoder = VideoEncoder("transformer", image_size=16, channels=(4, 6), hidden_size=4, nhead=2)
@@ -105,18 +128,22 @@ def test_a_clip_encodes_the_same_alone_padded_or_with_companions(options):
             noise = torch.rand(1, 3, 3, 16, 16)
             padded_clip = torch.cat([clips[n : n + 1, :length], noise], dim=1)
             padded = model.encode(padded_clip, lengths[n : n + 1])
-            torch.testing.assert_close(memory.outputs[n, :length], alone.outputs[0], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(padded.outputs[0, :length], alone.outputs[0], atol=1e-5, rtol=1e-5)
-            one = model(clips[n : n + 1, :length], lengths[n : n + 1], tgt[n : n + 1], return_attentions=True)
-            real = tgt[n, 1:] != PAD
-            torch.testing.assert_close(
-                together.logits[n, real], one.logits[0, real], atol=1e-5, rtol=1e-5
+            real = alone.outputs.size(1)  # the clip's frames, or the R cells
+            close = {"atol": 1e-5, "rtol": 1e-5}
+            torch.testing.assert_close(memory.outputs[n, :real], alone.outputs[0], **close)
+            torch.testing.assert_close(padded.outputs[0, :real], alone.outputs[0], **close)
+            one = model(
+                clips[n : n + 1, :length], lengths[n : n + 1], tgt[n : n + 1], return_attentions=True
             )
+            tokens = tgt[n, 1:] != PAD
+            torch.testing.assert_close(together.logits[n, tokens], one.logits[0, tokens], **close)
+            if options.get("memory") == "regions":
+                # The decoder reads the 4 x 4 cells of the 16-pixel frames, every one real.
+                torch.testing.assert_close(together.attentions[n], one.attentions[0], **close)
+                continue
             # Attention never reads a padding frame.
             assert bool((together.attentions[n, :, length:] == 0).all())
-            torch.testing.assert_close(
-                together.attentions[n, :, :length], one.attentions[0], atol=1e-5, rtol=1e-5
-            )
+            torch.testing.assert_close(together.attentions[n, :, :length], one.attentions[0], **close)
 
 
 @pytest.mark.parametrize("options", ENCODERS, ids=lambda o: "-".join(map(str, o.values())))

@@ -12,7 +12,10 @@ its lengths are the clips' frame counts; give them ``max_length``).
 Papers: Venugopalan et al. (2015), "Sequence to Sequence -- Video to Text" (S2VT: CNN frame
 features read by an LSTM that then writes the sentence); Yao et al. (2015), "Describing Videos
 by Exploiting Temporal Structure" (soft attention over the frames while decoding); Vaswani et
-al. (2017) for the Transformer encoder option.
+al. (2017) for the Transformer encoder option; Simonyan & Zisserman (2014), "Two-Stream
+Convolutional Networks" (motion given to the CNN as an input, there optical flow, here frame
+differences). ``memory="regions"`` runs the encoder over time at every grid cell and attends
+over the cells, the spatio-temporal form of Show, Attend and Tell's regions.
 
 Shapes (used in every docstring of this file):
 
@@ -20,6 +23,7 @@ Shapes (used in every docstring of this file):
     F  frames (padded; each clip has `lengths[i]` real frames), C_in image channels (3),
        P frame size (P x P pixels), C frame feature size (the last conv layer's channels)
     He encoded frame size (encoder_hidden_size; x 2 for a bidirectional concat encoder)
+    R  grid cells of a frame (the ImageEncoder's regions), for memory="regions"
     T  caption length (padded, BOS ... EOS), V vocabulary size
     E  embedding size, H decoder hidden size, L layers
 """
@@ -41,14 +45,17 @@ from seqlab.models.seq2seq import (
     EncoderMemory,
     Seq2SeqOutput,
     _check_choice,
+    _merge,
 )
 from seqlab.nn.positional import SinusoidalPositionalEncoding
 from seqlab.nn.transformer import TransformerEncoder, TransformerEncoderLayer
 
-__all__ = ["TEMPORAL_ENCODERS", "VideoCaptioner", "VideoEncoder"]
+__all__ = ["MEMORIES", "TEMPORAL_ENCODERS", "VideoCaptioner", "VideoEncoder"]
 
 # What reads the frame vectors in order: a recurrent cell kind, or a Transformer encoder.
 TEMPORAL_ENCODERS = (*CELLS, "transformer")
+# What the decoder attends over: the encoded frames, or each grid cell's encoded history.
+MEMORIES = ("frames", "regions")
 
 
 class VideoEncoder(nn.Module):
@@ -70,6 +77,13 @@ class VideoEncoder(nn.Module):
     ``"lstm"``, ``"rnn"``, ``"mingru"``, ``"minlstm"``; ``bidirectional`` optional), whose final
     state summarises the clip, or a pre-norm ``"transformer"`` encoder with sinusoidal frame
     positions and a final LayerNorm, summarised by the mean of its outputs over real frames.
+    With ``memory="regions"`` the same temporal encoder runs over time at each of the R grid
+    cells instead (input: the cell's region features a_{f,r}, frame after frame), and the
+    encoder returns each cell's summary (the top layer's final state, directions merged; the
+    Transformer's mean over real frames): what happened *there*, the spatio-temporal
+    counterpart of the image captioner's regions. The clip's state h_n is then the mean of the
+    cells' final states.
+
     ``cell_options`` are a recurrent encoder's variant options (``nonlinearity``, ``init``,
     ``peephole``, ``coupled``, ``reset_after``), passed to
     :func:`~seqlab.models.recurrent_layer`, which checks them.
@@ -82,7 +96,7 @@ class VideoEncoder(nn.Module):
     clips     (N, F, C_in, P, P) float, pixels in [0, 1], right padded (the CNN reads
               (N, F, 2 C_in, P, P) with frame differences)
     lengths   (N,) long, frames per clip
-    outputs   (N, F, He), zero past each length
+    outputs   (N, F, He), zero past each length; memory="regions": (N, R, He)
     h_n       recurrent: (L * D, N, encoder_hidden_size), LSTM (h_n, c_n);
               transformer: (1, N, He), the mean of the real frames' outputs
     ========= ==================================================================
@@ -103,10 +117,12 @@ class VideoEncoder(nn.Module):
         dim_feedforward: int | None = None,
         max_frames: int = 256,
         frame_differences: bool = True,
+        memory: str = "frames",
         **cell_options,
     ) -> None:
         super().__init__()
         _check_choice("encoder", kind, TEMPORAL_ENCODERS)
+        _check_choice("memory", memory, MEMORIES)
         if kind == "transformer" and bidirectional:
             raise ValueError(
                 "bidirectional=True applies to a recurrent encoder; a Transformer encoder "
@@ -123,6 +139,7 @@ class VideoEncoder(nn.Module):
                 f"{hidden_size} and nhead={nhead}"
             )
         self.in_channels = in_channels
+        self.memory = memory
         self.frame_differences = frame_differences
         frame_channels = 2 * in_channels if frame_differences else in_channels
         self.frames = ImageEncoder(image_size, tuple(channels), frame_channels)
@@ -158,9 +175,9 @@ class VideoEncoder(nn.Module):
             )
             self.output_size = self.temporal.output_size
 
-    def frame_features(self, clips: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The CNN's vector of every real frame: clips (N, F, C_in, P, P) -> (N, F, C), zero
-        at padding frames (which the CNN never sees)."""
+    def _cnn(self, clips: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CNN on every real frame: regions (N, F, R, C) and vectors (N, F, C), zero at
+        padding frames (which the CNN never sees)."""
         expected = (self.in_channels, self.frames.image_size, self.frames.image_size)
         if clips.dim() != 5 or tuple(clips.shape[2:]) != expected:
             raise ValueError(
@@ -170,21 +187,57 @@ class VideoEncoder(nn.Module):
         if self.frame_differences:
             previous = torch.cat([clips[:, :1], clips[:, :-1]], dim=1)  # x_{f-1}; x_0 for f = 1
             clips = torch.cat([clips, clips - previous], dim=2)  # (N, F, 2 C_in, P, P)
-        _, vectors = self.frames(clips[mask])  # (sum of lengths, C)
+        regions, vectors = self.frames(clips[mask])  # (sum of lengths, R, C), (sum of lengths, C)
+        region_features = regions.new_zeros(*mask.shape, *regions.shape[1:])  # (N, F, R, C)
+        region_features[mask] = regions
         features = vectors.new_zeros(*mask.shape, vectors.size(-1))  # (N, F, C)
         features[mask] = vectors
-        return features
+        return region_features, features
+
+    def frame_features(self, clips: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The CNN's vector of every real frame: clips (N, F, C_in, P, P) -> (N, F, C), zero
+        at padding frames."""
+        return self._cnn(clips, mask)[1]
+
+    def _over_time(self, x: torch.Tensor, lengths: torch.Tensor):
+        """The temporal encoder on sequences x (B, F, C) of `lengths` (B,): outputs (B, F, He)
+        and the final state (recurrent) or the mean over real steps, (1, B, He)."""
+        if self.kind != "transformer":
+            return self.temporal(x, lengths=lengths)  # (B, F, He), h_n
+        mask = torch.arange(x.size(1), device=x.device) < lengths[:, None]  # (B, F)
+        x = self.positions(self.input_projection(x))  # (B, F, He)
+        outputs, _ = self.temporal(x, src_key_padding_mask=~mask)  # (B, F, He)
+        outputs = outputs * mask[..., None]  # zero past each length
+        pooled = outputs.sum(1) / lengths[:, None].to(outputs.dtype)  # (B, He)
+        return outputs, pooled.unsqueeze(0)  # (B, F, He), (1, B, He)
+
+    def _top_summary(self, final_state) -> torch.Tensor:
+        """(L * D, B, h) final states -> (B, He): the top layer's, directions merged."""
+        h = final_state[0] if isinstance(final_state, tuple) else final_state
+        if self.kind == "transformer":
+            return h[-1]  # (B, He)
+        directions = 2 if self.bidirectional else 1
+        top = h.view(-1, directions, h.size(1), h.size(2))[-1]  # (D, B, h)
+        return top[0] if directions == 1 else _merge(top[0], top[1], self.merge_mode)
 
     def forward(self, clips: torch.Tensor, lengths: torch.Tensor):
         mask = torch.arange(clips.size(1), device=clips.device) < lengths[:, None]  # (N, F)
-        features = self.frame_features(clips, mask)  # (N, F, C)
-        if self.kind != "transformer":
-            return self.temporal(features, lengths=lengths)  # (N, F, He), h_n
-        x = self.positions(self.input_projection(features))  # (N, F, He)
-        outputs, _ = self.temporal(x, src_key_padding_mask=~mask)  # (N, F, He)
-        outputs = outputs * mask[..., None]  # zero past each length
-        pooled = outputs.sum(1) / lengths[:, None].to(outputs.dtype)  # (N, He)
-        return outputs, pooled.unsqueeze(0)  # (N, F, He), (1, N, He)
+        regions, features = self._cnn(clips, mask)  # (N, F, R, C), (N, F, C)
+        if self.memory == "frames":
+            return self._over_time(features, lengths)  # (N, F, He), h_n
+        # Every grid cell's history: the same encoder runs over time at each of the R cells.
+        batch, frames, cells, size = regions.shape
+        histories = regions.transpose(1, 2).reshape(batch * cells, frames, size)  # (N R, F, C)
+        _, final_state = self._over_time(histories, lengths.repeat_interleave(cells))
+        summaries = self._top_summary(final_state).view(batch, cells, -1)  # (N, R, He)
+
+        def clip_mean(state: torch.Tensor) -> torch.Tensor:
+            # (L * D, N R, h) -> (L * D, N, h): the clip's state is its cells' mean.
+            return state.view(state.size(0), batch, cells, -1).mean(2)
+
+        if isinstance(final_state, tuple):
+            return summaries, tuple(clip_mean(part) for part in final_state)
+        return summaries, clip_mean(final_state)
 
 
 @register_model
@@ -201,6 +254,8 @@ class VideoCaptioner(nn.Module):
     seq2seq's :class:`~seqlab.models.seq2seq.Bridge` (``"projection"``) from the encoder's
     summary h_n. ``encoder`` names the temporal encoder (see :class:`VideoEncoder`); ``cell``
     is the decoder's, and also the encoder's when that is recurrent and ``encoder`` is None.
+    ``memory="regions"`` has the decoder attend over the R grid cells' encoded histories
+    instead of the F encoded frames (then attentions are (N, T-1, R)).
 
     Step API (see :class:`seqlab.decode.greedy.StepModel`): ``encode(clips, lengths)``,
     ``init_state``, ``step``, ``reorder_state``, ``reorder_memory``.
@@ -230,6 +285,7 @@ class VideoCaptioner(nn.Module):
         dim_feedforward: int | None = None,
         max_frames: int = 256,
         frame_differences: bool = True,
+        memory: str = "frames",
         embedding_dim: int = 64,
         hidden_size: int = 128,
         cell: str = "gru",
@@ -284,6 +340,7 @@ class VideoCaptioner(nn.Module):
             dim_feedforward=dim_feedforward,
             max_frames=max_frames,
             frame_differences=frame_differences,
+            memory=memory,
             **(cell_options if kind != "transformer" else {}),
         )
         recurrent = kind != "transformer"
@@ -334,7 +391,9 @@ class VideoCaptioner(nn.Module):
         outputs, final_state = self.encoder(clips, lengths)  # (N, F, He), h_n
         if not self.recurrent_encoder and self.is_lstm:
             final_state = (final_state, final_state)  # c_0 gets its own projection of h_n
-        mask = torch.arange(clips.size(1), device=clips.device) < lengths[:, None]  # (N, F)
+        if self.encoder.memory == "regions":
+            lengths = torch.full_like(lengths, outputs.size(1))  # R cells, all real
+        mask = torch.arange(outputs.size(1), device=clips.device) < lengths[:, None]  # (N, F|R)
         return self.decoder.prepare(EncoderMemory(outputs, mask, lengths, final_state))
 
     def init_state(self, memory: EncoderMemory) -> DecoderState:

@@ -127,6 +127,7 @@ class VideoCaptionModel(CaptionModel):
     dim_feedforward: int | None = Field(None, ge=1)
     max_frames: int = Field(256, ge=1)
     frame_differences: bool = True
+    memory: Literal["frames", "regions"] = "frames"
 
     @model_validator(mode="after")
     def _check_image_options(self):
@@ -215,6 +216,7 @@ class VideoCaptionTask(CaptionTask):
             dim_feedforward=m.dim_feedforward,
             max_frames=m.max_frames,
             frame_differences=m.frame_differences,
+            memory=m.memory,
             embedding_dim=m.embedding_dim,
             attention=m.attention,
             attention_size=m.attention_size,
