@@ -33,7 +33,7 @@ from seqlab.train import load_config, predict_run, train
 from seqlab.train.tuning import merge_run
 
 torch.set_num_threads(1)  # tiny models: one thread is fastest, and fair on a shared machine
-started = time.time()
+started, started_cpu = time.time(), time.process_time()
 root = Path(tempfile.mkdtemp(prefix="seqlab-lifecycle-"))
 print("runs go to", root)
 
@@ -236,4 +236,5 @@ if TestClient is not None:
         print("GET /v1/models ->", client.get("/v1/models").json()["models"][0])
         response = client.post("/v1/predict", json={"model": "toy", "inputs": ["say tree"]})
         print("POST /v1/predict ->", response.status_code, response.json())
-print(f"notebook ran in {time.time() - started:.0f} s")
+print(f"notebook ran in {time.time() - started:.0f} s "
+      f"({time.process_time() - started_cpu:.0f} s of CPU time)")

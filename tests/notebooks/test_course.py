@@ -255,3 +255,14 @@ def test_lora_and_dpo_checks():
     course.check_dpo_loss(dpo)
     assert "chosen and rejected swapped" in failure(
         course.check_dpo_loss, lambda pc, pr, rc, rr, beta: dpo(pr, pc, rr, rc, beta))
+
+
+def test_shared_data_is_found_beside_the_project_or_is_none(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    root = Path(course.__file__).resolve().parents[2]
+    expected = root.parent / "shared" / "data" / "multi30k"
+    assert course.shared_data("multi30k") == (expected if expected.exists() else None)
+    assert course.shared_data("no-such-corpus") is None
+    monkeypatch.chdir(tmp_path)  # outside the project: found from the installed package
+    assert course.shared_data("multi30k") == (expected if expected.exists() else None)
