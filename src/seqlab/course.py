@@ -9,7 +9,7 @@ raises an :class:`AssertionError` whose message says what is wrong, most specifi
 3. a known mistake, recognised because the student's numbers equal those of the reference with
    that mistake made on purpose: LSTM / GRU gates read in another order (every permutation of the
    gate blocks of the weight rows is tried), a missing bias, a missing term of the equation, a
-   missing non-linearity, an unmasked softmax, a gradient that stops after one step, ...;
+   missing non-linearity, padding that gets attention, a gradient that stops after one step, ...;
 4. otherwise the largest absolute difference: "numbers differ by X".
 
 The signatures the notebooks use (all tensors ``float64`` so that a right answer matches to
@@ -552,23 +552,19 @@ def check_attention(module_class: type, query_size: int = 5, key_size: int = 6,
     context, weights = (_as_tensor("attention", t) for t in result)
     _check_shape("attention", weights, expected[1], "of the weights")
     _check_shape("attention", context, expected[0], "of the context")
-    with torch.no_grad():
-        unmasked = reference(query, keys, values, None)
-        scores = (reference.query_proj(query).unsqueeze(1) + reference.key_proj(keys)) @ reference.v
-        no_tanh = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
     if (weights.masked_fill(mask, 0.0).abs() > 0).any():
         raise AssertionError("attention: padding positions (mask False) get weight > 0: fill "
                              "their scores with -inf before the softmax")
-    mistakes = {
-        "the mask is ignored: padding positions must get weight 0": list(unmasked[::-1]),
-        "missing tanh: e_s = vᵀ tanh(W_q q + W_k k_s)": [no_tanh],
-    }
     sums = weights.sum(-1)
     if not torch.allclose(sums, torch.ones_like(sums), atol=1e-6):
         raise AssertionError(f"attention: the weights of a sentence sum to {sums.tolist()}, not "
                              "1: take the softmax over the source positions (the last dim)")
+    with torch.no_grad():
+        scores = (reference.query_proj(query).unsqueeze(1) + reference.key_proj(keys)) @ reference.v
+        no_tanh = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # (N, S)
     _diagnose("attention (weights)", [weights], [expected[1]],
-              {k: v[-1:] for k, v in mistakes.items()}, "seqlab.nn.AdditiveAttention")
+              {"missing tanh: e_s = vᵀ tanh(W_q q + W_k k_s)": [no_tanh]},
+              "seqlab.nn.AdditiveAttention")
     _diagnose("attention (context)", [context], [expected[0]], {},
               "seqlab.nn.AdditiveAttention: c = Σ_s a_s v_s")
     _ok(f"attention matches seqlab.nn.AdditiveAttention (N={batch}, S={length}, Hq={query_size}, "

@@ -187,6 +187,15 @@ def test_attention_check():
 
     assert "the module's parameters are" in failure(course.check_attention, WithBias)
 
+    class NoTanh(Additive):
+        def forward(self, query, keys, values, mask):
+            scores = (self.query_proj(query)[:, None] + self.key_proj(keys)) @ self.v
+            weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+            return (weights[:, :, None] * values).sum(1), weights
+
+    assert failure(course.check_attention, NoTanh) == (
+        "attention (weights): missing tanh: e_s = vᵀ tanh(W_q q + W_k k_s)")
+
 
 def greedy(model, src, src_lengths, bos_id, eos_id, max_length):
     memory = model.encode(src, src_lengths)
