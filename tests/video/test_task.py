@@ -22,6 +22,7 @@ SMALL = [
     "data.max_frames=5",
     "model.channels=[4,4]",
     "model.hidden_size=6",
+    "model.encoder_hidden_size=4",
     "model.embedding_dim=4",
     "model.attention_size=5",
     "predict.max_length=8",
@@ -137,9 +138,9 @@ def test_config_errors_name_the_key():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("encoder", ["gru", "transformer"])
-def test_recipe_trains_evaluates_and_captions_clip_files(tmp_path, encoder):
-    overrides = [f"model.encoder={encoder}", "model.nhead=2", "model.bidirectional=false"]
+@pytest.mark.parametrize(("encoder", "memory"), [("gru", "regions"), ("transformer", "frames")])
+def test_recipe_trains_evaluates_and_captions_clip_files(tmp_path, encoder, memory):
+    overrides = [f"model.encoder={encoder}", f"model.memory={memory}", "model.nhead=2"]
     config = load_config("video-caption-gru", SMALL + TRAINER + overrides)
     result = train(config, tmp_path / "run")
     assert result.fit.step == 2
