@@ -150,7 +150,10 @@ def test_a_digit_picture_reads_back_as_the_data_stores_it(tmp_path):
     pixels = np.rint(digit.numpy() * 255).astype(np.uint8)
     Image.fromarray(pixels).save(tmp_path / "ink-bright.png")
     Image.fromarray(255 - pixels).save(tmp_path / "ink-dark.png")  # dark ink on a light page
-    loaded = task.load_pictures([str(tmp_path / "ink-bright.png"), str(tmp_path / "ink-dark.png")])
-    assert loaded.shape == (2, 1, 8, 8)
-    torch.testing.assert_close(loaded[0, 0], digit, atol=1 / 255, rtol=0)
-    torch.testing.assert_close(loaded[1, 0], digit, atol=1 / 255, rtol=0)
+    # Drawn large: each data pixel a 6x6 block, 48x48 in all; the 8x8 cells average the blocks.
+    Image.fromarray(np.kron(255 - pixels, np.ones((6, 6), dtype=np.uint8))).save(tmp_path / "big.png")
+    names = ["ink-bright.png", "ink-dark.png", "big.png"]
+    loaded = task.load_pictures([str(tmp_path / name) for name in names])
+    assert loaded.shape == (3, 1, 8, 8)
+    for picture in loaded:
+        torch.testing.assert_close(picture[0], digit, atol=1 / 255, rtol=0)

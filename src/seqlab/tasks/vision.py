@@ -25,6 +25,7 @@ which has no built-in translation equivariance.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -93,6 +94,18 @@ def read_image_labels(
     if not images:
         raise DataError(f"{path} holds no images; expected lines 'filename<TAB>label'")
     return np.stack(images), labels
+
+
+def _largest_side(path: str) -> int:
+    """The larger of an image file's width and height; 1 when it cannot be read (the reader
+    that follows names the problem)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as opened:
+            return max(opened.size)
+    except (OSError, ValueError):
+        return 1
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -304,20 +317,28 @@ class ImageClassifyTask(TensorTask):
     def load_pictures(self, paths: list[str]) -> torch.Tensor:
         """Image files as the model's input (N, C, H, W) in [0, 1].
 
-        For digits the picture becomes 8x8 grey with the ink bright, as in the data: a picture
-        whose mean is above one half (dark ink on a light page) is inverted.
+        For digits the picture becomes 8x8 grey with the ink bright, as in the data: each of
+        the 8x8 cells is the mean of the pixels it covers (a picture drawn large keeps its
+        strokes), and a picture whose mean is above one half (dark ink on a light page) is
+        inverted.
         """
         from seqlab.data.images import load_image
 
         channels, side = self.image_shape
-        arrays = np.stack(
-            [load_image(path.strip(), side, where=f"input {n}") for n, path in enumerate(paths, 1)]
-        )  # (N, H, W, 3)
-        images = _to_tensor(arrays)  # (N, 3, H, W)
-        if channels == 1:
-            images = images.mean(1, keepdim=True)  # (N, 1, H, W)
-            light = images.mean((1, 2, 3)) > 0.5  # (N,)
-            images[light] = 1.0 - images[light]
+        if channels == 3:
+            arrays = [load_image(path.strip(), side, where=f"input {n}")
+                      for n, path in enumerate(paths, 1)]
+            return _to_tensor(np.stack(arrays))  # (N, 3, H, W)
+        pictures = []
+        for n, path in enumerate(paths, 1):
+            # Read at a multiple of 8 at least as large as the file, then average 8x8 cells.
+            scale = max(1, math.ceil(_largest_side(path.strip()) / side))
+            array = load_image(path.strip(), side * scale, where=f"input {n}")  # (8s, 8s, 3)
+            grey = _to_tensor(np.array(array)[None]).mean(1, keepdim=True)  # (1, 1, 8s, 8s)
+            pictures.append(F.avg_pool2d(grey, scale))  # (1, 1, 8, 8)
+        images = torch.cat(pictures)  # (N, 1, 8, 8)
+        light = images.mean((1, 2, 3)) > 0.5  # (N,)
+        images[light] = 1.0 - images[light]
         return images
 
     @torch.no_grad()
