@@ -216,3 +216,21 @@ def test_window_level_standardises_each_window(tmp_path):
     window = series[s - 8:s]
     assert torch.allclose(shift[0], window.mean(0)) and torch.allclose(scale[0], window.std(0))
     assert torch.allclose(y[0] * scale[0] + base[0], series[s:s + 2], atol=1e-5)
+
+
+@pytest.mark.parametrize("level", ["none", "last", "window", "season"])
+def test_predict_matches_the_evaluated_forecast(tmp_path, level):
+    values = [float(i % 6) * (1 + i / 30) for i in range(90)]
+    path = write_series(tmp_path / "s.csv", values)
+    task = build_task(load_config("forecast-transformer", [
+        f"data.train={path}", "data.corpus=csv", "data.window=8", "data.horizon=3", "data.season=4",
+        f"data.level={level}", "model.d_model=8", "model.nhead=2", "model.num_layers=1"]))
+    task.prepare()
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    s = task.origins["test"][0]
+    with torch.no_grad():
+        batch = task._slice(task.tensors["test"], slice(0, 1))
+        expected = task.forecasts(model, batch)["forecast"][0, :, 0]  # (H,)
+        [line] = task.predict(model, [" ".join(str(v) for v in values[s - 8:s])], torch.device("cpu"))
+    assert [float(v) for v in line.split()] == pytest.approx(expected.tolist(), abs=1e-3)
