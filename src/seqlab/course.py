@@ -50,6 +50,7 @@ features, S source positions, Hq / Hk query and key sizes, A attention size.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -152,6 +153,17 @@ def _ok(message: str) -> None:
     print(f"✓ {message}")
 
 
+def _keeps_random_state(check: Callable) -> Callable:
+    """Run a check without touching the caller's global random state (it seeds torch's)."""
+
+    @functools.wraps(check)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return check(*args, **kwargs)
+
+    return wrapper
+
+
 def _without(bias_ih: Tensor, bias_hh: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
     """The bias mistakes: (description, (b_ih, b_hh) as the mistaken code effectively used)."""
     zero = torch.zeros_like(bias_ih)
@@ -205,6 +217,7 @@ def _rnn_reference(x, h, w_ih, w_hh, b_ih, b_hh, recurrent=True, tanh=True):
     return torch.tanh(pre) if tanh else pre
 
 
+@_keeps_random_state
 def check_rnn_cell(fn: Callable, batch: int = 3, input_size: int = 4, hidden_size: int = 5,
                    seed: int = 0) -> None:
     """Check ``fn(x, h, weight_ih, weight_hh, bias_ih, bias_hh) -> h'`` against torch.nn.RNNCell.
@@ -245,6 +258,7 @@ def _lstm_reference(x, h, c, w_ih, w_hh, b_ih, b_hh, forget=True, tanh_cell=True
     return h_next, c_next
 
 
+@_keeps_random_state
 def check_lstm_cell(fn: Callable, batch: int = 3, input_size: int = 4, hidden_size: int = 5,
                     seed: int = 0) -> None:
     """Check ``fn(x, h, c, weight_ih, weight_hh, bias_ih, bias_hh) -> (h', c')`` against
@@ -305,6 +319,7 @@ def _gru_reference(x, h, w_ih, w_hh, b_ih, b_hh, reset_after=True, swap_update=F
     return z * n + (1 - z) * h if swap_update else (1 - z) * n + z * h
 
 
+@_keeps_random_state
 def check_gru_cell(fn: Callable, batch: int = 3, input_size: int = 4, hidden_size: int = 5,
                    seed: int = 0) -> None:
     """Check ``fn(x, h, weight_ih, weight_hh, bias_ih, bias_hh) -> h'`` against torch.nn.GRUCell
@@ -373,6 +388,7 @@ def bptt_by_hand(xs: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, b
     return grad_ih, grad_hh, grad_b, weight_hh.T @ delta_a
 
 
+@_keeps_random_state
 def check_bptt(fn: Callable, steps: int = 4, input_size: int = 2, hidden_size: int = 3,
                seed: int = 0) -> None:
     """Check a hand-written BPTT ``fn(xs, h0, weight_ih, weight_hh, bias, grad_hs) ->
@@ -423,6 +439,7 @@ def check_bptt(fn: Callable, steps: int = 4, input_size: int = 2, hidden_size: i
     _ok(f"bptt matches autograd (T={steps}, H_in={input_size}, H={hidden_size})")
 
 
+@_keeps_random_state
 def check_clip_grad_norm(fn: Callable, max_norm: float = 1.0, seed: int = 0) -> None:
     """Check ``fn(grads, max_norm) -> (clipped, total_norm)`` against
     torch.nn.utils.clip_grad_norm_:
@@ -469,6 +486,7 @@ def check_clip_grad_norm(fn: Callable, max_norm: float = 1.0, seed: int = 0) -> 
 
 # Bidirectional layers
 
+@_keeps_random_state
 def check_merge(fn: Callable, seed: int = 0) -> None:
     """Check ``fn(forward, backward, merge_mode) -> merged`` for the four merge modes of
     :mod:`seqlab.nn.recurrent`: each direction's output (L, N, H) ->
@@ -507,6 +525,7 @@ def check_merge(fn: Callable, seed: int = 0) -> None:
 
 # Attention
 
+@_keeps_random_state
 def check_attention(module_class: type, query_size: int = 5, key_size: int = 6,
                     attention_size: int = 4, seed: int = 0) -> None:
     """Check a Bahdanau attention module against :class:`seqlab.nn.AdditiveAttention`:
@@ -587,6 +606,7 @@ def _toy_seq2seq(seed: int, vocab: int = 7):
     return model, src, lengths
 
 
+@_keeps_random_state
 def check_greedy_decode(fn: Callable, seed: int = 0, max_length: int = 8) -> None:
     """Check ``fn(model, src, src_lengths, bos_id, eos_id, max_length) -> [tokens, ...]``
     against :func:`seqlab.decode.greedy_decode` on a small random seqlab Seq2Seq.
@@ -625,6 +645,7 @@ def check_greedy_decode(fn: Callable, seed: int = 0, max_length: int = 8) -> Non
     _ok("greedy matches seqlab.decode.greedy_decode (3 batches of 4 sentences)")
 
 
+@_keeps_random_state
 def check_beam_search(fn: Callable, seed: int = 0, beam_size: int = 3, max_length: int = 8) -> None:
     """Check ``fn(model, src (1, S), src_lengths (1,), bos_id, eos_id, beam_size, max_length)
     -> tokens`` (the best hypothesis of ONE sentence, without BOS / EOS) against
@@ -653,6 +674,7 @@ def check_beam_search(fn: Callable, seed: int = 0, beam_size: int = 3, max_lengt
 
 # Tuning and alignment
 
+@_keeps_random_state
 def check_lora_linear(fn: Callable, rank: int = 2, alpha: float = 4.0, seed: int = 0) -> None:
     """Check ``fn(x, weight, bias, lora_A, lora_B, alpha, r) -> y`` against seqlab's LoRA
     (Hu et al. 2021):
@@ -687,6 +709,7 @@ def check_lora_linear(fn: Callable, rank: int = 2, alpha: float = 4.0, seed: int
     _ok(f"lora_linear matches seqlab.tune.LoraLinear (r={rank}, alpha={alpha})")
 
 
+@_keeps_random_state
 def check_dpo_loss(fn: Callable, beta: float = 0.1, seed: int = 0) -> None:
     """Check ``fn(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
     -> losses (N,)`` against :func:`seqlab.align.dpo_loss` (Rafailov et al. 2023):

@@ -275,3 +275,12 @@ def test_shared_data_is_found_beside_the_project_or_is_none(tmp_path, monkeypatc
     assert course.shared_data("no-such-corpus") is None
     monkeypatch.chdir(tmp_path)  # outside the project: found from the installed package
     assert course.shared_data("multi30k") == (expected if expected.exists() else None)
+
+
+def test_a_check_leaves_the_global_random_state_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    course.check_attention(Additive)
+    course.check_greedy_decode(greedy)
+    assert torch.equal(torch.rand(3), expected)
