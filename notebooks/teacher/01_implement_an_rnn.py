@@ -410,8 +410,9 @@ course.check_gru_cell(gru_cell)
 
 # %% [markdown]
 # The same measurement as in section 5, now with your three cells at torch's default
-# initialisation. The LSTM's additive cell path and the GRU's interpolation z ⊙ h keep the
-# gradient of distant steps many orders of magnitude larger.
+# initialisation. The LSTM's additive cell path and the GRU's interpolation z ⊙ h let the
+# gradient of distant steps decay far more slowly (here about 10⁴ times more reaches step 1
+# after 60 steps; a forget-gate bias of 1, as Jozefowicz et al. 2015 advise, keeps even more).
 
 # %%
 torch.manual_seed(0)
