@@ -43,3 +43,15 @@ def test_fasta_files_feed_the_task(tmp_path):
     assert sorted(task.labels.decode(i) for i in range(len(task.labels))) == ["poor", "rich"]
     ids, _ = task.examples["train"][0]
     assert task.tokenizer.decode(ids).replace(" ", "") in {"ATATATATATATACGN", "GCGCGCGCGCGCACGN"}
+
+
+def test_kmer_tokens(tmp_path):
+    path = tmp_path / "k.fa"
+    path.write_text(">a label=x\nACGTA\n>b label=y\nACNTT\n>c label=x\nGG\n>d label=y\nTTTT\n")
+    task = build_task(load_config("dna-transformer", [f"data.train={path}", "data.kmer=3", "data.valid_fraction=0.25"]))
+    task.prepare()
+    assert task.tokenizer.vocab_size == 64 + 5  # every 3-mer over A C G T, and the special tokens
+    assert task._tokens("ACGTA") == "ACG CGT GTA"
+    assert task.tokenizer.decode(task.tokenizer.encode("ACG TTT")) == "ACG TTT"
+    # ACN CNT NTT: every 3-mer holding N is unknown.
+    assert task.tokenizer.encode(task._tokens("ACNTT")) == [task.tokenizer.unk_id] * 3

@@ -7,7 +7,10 @@ task runs out of the box: DNA sequences that do or do not hold a TATA-box-like m
 (:mod:`seqlab.data.motifs`, Bayes-optimal accuracy about 90 % at the default length of 64).
 
 Tokens are single letters of a fixed alphabet (`data.alphabet`): A C G T N for DNA, the 20
-amino acids and X for proteins; IUPAC ambiguity codes map to N / X. The model and metrics are
+amino acids and X for proteins; IUPAC ambiguity codes map to N / X. With `data.kmer=k` > 1 the
+tokens are the overlapping k-mers instead (DNABERT, Ji et al. 2021: ACGTA → ACG CGT GTA for
+k = 3), so one token already holds a short word and a motif is a conjunction of a few tokens;
+a k-mer holding N / X is unknown. The model and metrics are
 those of `classify` (a recurrent encoder, pooled) and `classify-transformer` (a Transformer
 encoder, pooled): loss and accuracy. `seqlab predict RUN ACGT...` prints the label and its
 probability.
@@ -15,6 +18,7 @@ probability.
 
 from __future__ import annotations
 
+from itertools import product
 from typing import Literal
 
 from pydantic import Field
@@ -35,6 +39,8 @@ class SequenceData(StrictModel):
     labels: str | None = None
     label_key: str = "label"
     alphabet: Literal["dna", "protein"] = "dna"
+    # Tokens: single letters (1), or overlapping k-mers as DNABERT's (Ji et al. 2021).
+    kmer: int = Field(1, ge=1, le=6)
     max_length: int | None = Field(512, ge=1)
     valid_fraction: float = Field(0.1, gt=0, lt=1)
     # The generated motif task (when data.train is not given).
@@ -50,6 +56,13 @@ class SequenceClassifyTask(ClassifyTask):
     summary = "DNA / protein sequence classification from FASTA (default: a generated motif task)"
     DataConfig = SequenceData
     ModelConfig = ClassifyModel
+
+    def _tokens(self, sequence: str) -> str:
+        """The sequence as the tokenizer's text: itself (letters), or its k-mers joined by spaces."""
+        k = self.data.kmer
+        if k == 1 or len(sequence) < k:
+            return sequence
+        return " ".join(sequence[i:i + k] for i in range(len(sequence) - k + 1))
 
     def _read(self, path: str) -> list[tuple[str, str]]:
         from seqlab.data.fasta import read_labelled_fasta
@@ -87,12 +100,16 @@ class SequenceClassifyTask(ClassifyTask):
         from seqlab.data.fasta import ALPHABETS
         from seqlab.data.tokenizers import LabelVocab, Tokenizer
 
-        rows = self._rows()
+        rows = {split: [(self._tokens(s), label) for s, label in items] for split, items in self._rows().items()}
         if fit_vocab:
             # A fixed alphabet rather than the letters the training set happens to use, so an
             # unseen but valid letter (N, X) has its own id.
             alphabet = ALPHABETS[self.data.alphabet]
-            self.tokenizer = self.fit_tokenizer(lambda: Tokenizer.train([alphabet], kind="char"))
+            if self.data.kmer == 1:
+                self.tokenizer = self.fit_tokenizer(lambda: Tokenizer.train([alphabet], kind="char"))
+            else:
+                words = [" ".join("".join(letters) for letters in product(alphabet[:-1], repeat=self.data.kmer))]
+                self.tokenizer = self.fit_tokenizer(lambda: Tokenizer.train(words, kind="word"))
             self.labels = LabelVocab(label for _, label in rows["train"])
         self.examples = {split: self._encode(split, items) for split, items in rows.items()}
 
@@ -102,7 +119,7 @@ class SequenceClassifyTask(ClassifyTask):
         from seqlab.data.readers import DataError
 
         try:
-            sequences = [normalize_sequence(text, self.data.alphabet, f"predict input {text[:30]!r}")
+            sequences = [self._tokens(normalize_sequence(text, self.data.alphabet, f"predict input {text[:30]!r}"))
                          for text in inputs]
         except ValueError as error:
             raise DataError(str(error)) from None
