@@ -92,14 +92,14 @@ class VideoEncoder(nn.Module):
     each clip's length, the Transformer masks padded keys, and outputs past a length are zero.
     So a clip's encoding does not depend on the padding or on the other clips of its batch.
 
-    ========= ==================================================================
-    clips     (N, F, C_in, P, P) float, pixels in [0, 1], right padded (the CNN reads
-              (N, F, 2 C_in, P, P) with frame differences)
-    lengths   (N,) long, frames per clip
-    outputs   (N, F, He), zero past each length; memory="regions": (N, R, He)
-    h_n       recurrent: (L * D, N, encoder_hidden_size), LSTM (h_n, c_n);
-              transformer: (1, N, He), the mean of the real frames' outputs
-    ========= ==================================================================
+    ============= ===============================================================
+    clips         (N, F, C_in, P, P) float, pixels in [0, 1], right padded
+    CNN input     (N, F, 2 C_in, P, P) with frame differences, else as clips
+    lengths       (N,) long, frames per clip
+    outputs       (N, F, He), zero past each length; memory="regions": (N, R, He)
+    h_n           (L * D, N, encoder_hidden_size), LSTM (h_n, c_n)
+    h_n (Transf.) (1, N, He), the mean of the real frames' outputs
+    ============= ===============================================================
     """
 
     def __init__(
@@ -265,8 +265,8 @@ class VideoCaptioner(nn.Module):
     lengths       (N,) long, frames per clip
     tgt           (N, T) long: BOS y_1 .. y_m EOS, then `pad_id`
     logits        (N, T-1, V)
-    attentions    (N, T-1, F), zero at padding frames
-    prev_tokens   (N,) long; log_probs (N, V); attention (N, F)
+    attentions    (N, T-1, F), zero at padding frames; memory="regions": (N, T-1, R)
+    prev_tokens   (N,) long; log_probs (N, V); attention (N, F) or (N, R)
     ============= ==============================================================
     """
 
