@@ -107,7 +107,7 @@ class AsrData(StrictModel):
 _LAS_KEYS = ("cell", "frame_stack", "encoder_hidden_size", "encoder_layers", "embedding_dim",
              "hidden_size", "attention", "attention_size")
 _TRANSFORMER_KEYS = ("d_model", "nhead", "num_encoder_layers", "num_decoder_layers",
-                     "dim_feedforward", "conv_strides")
+                     "dim_feedforward", "conv_strides", "max_length")
 
 
 class AsrModel(StrictModel):
@@ -131,6 +131,8 @@ class AsrModel(StrictModel):
     num_decoder_layers: int = Field(2, ge=1)
     dim_feedforward: int | None = Field(None, ge=1)
     conv_strides: list[int] = Field(default_factory=lambda: [1, 2], min_length=1)
+    # Learned decoder positions: the longest transcript (characters + BOS / EOS) it can write.
+    max_length: int = Field(512, ge=2)
 
     @model_validator(mode="after")
     def _check_family_keys(self):
@@ -321,7 +323,7 @@ class AsrTask(Task):
         return SpeechTransformer(
             vocab, d_model=m.d_model, nhead=m.nhead, num_encoder_layers=m.num_encoder_layers,
             num_decoder_layers=m.num_decoder_layers, dim_feedforward=m.dim_feedforward,
-            conv_strides=tuple(m.conv_strides), max_length=self.predict_config.max_length + 2,
+            conv_strides=tuple(m.conv_strides), max_length=m.max_length,
             **common,
         )
 
