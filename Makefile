@@ -10,6 +10,9 @@ install:
 	@# Debian's chromium, driven by Playwright in the page's browser test (skipped without it).
 	-command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 || \
 		(apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)
+	@# Debian's espeak-ng speaks the generated speech corpus of the asr-* recipes.
+	-command -v espeak-ng >/dev/null || apt-get install -y -q espeak-ng >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null)
 	-$(PYTHON) -c "from seqlab.nn.scan import build_compiled; build_compiled()"
 
 test: install
