@@ -233,6 +233,36 @@ def load_image(path: str | Path, image_size: int = 32, where: str | None = None)
     return np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
 
 
+def read_named_captions(path: Path, load, key: str, name_word: str, item: str):
+    """Lines ``name<TAB>caption`` of `path` -> (items, captions per item, names), one entry per
+    distinct name in order of first appearance; `load(name, where)` reads an item. The reader
+    behind image and clip captions files."""
+    order: dict[str, int] = {}
+    items: list = []
+    captions: list[list[str]] = []
+    for line, text in numbered_lines(path):
+        if not text.strip():
+            continue
+        name, tab, caption = text.partition("\t")
+        name, caption = name.strip(), caption.strip()
+        if not tab:
+            raise DataError(
+                f"{path}, line {line}: expected '{key}<TAB>caption', found no tab in {text[:60]!r}"
+            )
+        if not name:
+            raise DataError(f"{path}, line {line}: empty {name_word} before the tab")
+        if not caption:
+            raise DataError(f"{path}, line {line}: empty caption for {item} {name!r}")
+        if name not in order:
+            order[name] = len(items)
+            items.append(load(name, f"{path}, line {line}"))
+            captions.append([])
+        captions[order[name]].append(caption)
+    if not items:
+        raise DataError(f"{path} holds no captions; expected lines '{key}<TAB>caption'")
+    return items, captions, list(order)
+
+
 def read_image_captions(
     path: str | Path, image_dir: str | Path | None = None, image_size: int = 32
 ) -> ImageCaptions:
@@ -250,27 +280,8 @@ def read_image_captions(
     folder = Path(image_dir) if image_dir is not None else path.parent
     if image_dir is not None and not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist or is not a folder")
-    order: dict[str, int] = {}
-    images: list[np.ndarray] = []
-    captions: list[list[str]] = []
-    for line, text in numbered_lines(path):
-        if not text.strip():
-            continue
-        name, tab, caption = text.partition("\t")
-        name, caption = name.strip(), caption.strip()
-        if not tab:
-            raise DataError(
-                f"{path}, line {line}: expected 'filename<TAB>caption', found no tab in {text[:60]!r}"
-            )
-        if not name:
-            raise DataError(f"{path}, line {line}: empty file name before the tab")
-        if not caption:
-            raise DataError(f"{path}, line {line}: empty caption for image {name!r}")
-        if name not in order:
-            order[name] = len(images)
-            images.append(load_image(folder / name, image_size, where=f"{path}, line {line}"))
-            captions.append([])
-        captions[order[name]].append(caption)
-    if not images:
-        raise DataError(f"{path} holds no captions; expected lines 'filename<TAB>caption'")
-    return ImageCaptions(images=np.stack(images), captions=captions, names=list(order))
+    images, captions, names = read_named_captions(
+        path, lambda name, where: load_image(folder / name, image_size, where=where),
+        key="filename", name_word="file name", item="image",
+    )
+    return ImageCaptions(images=np.stack(images), captions=captions, names=names)

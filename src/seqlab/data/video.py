@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seqlab.data.images import COLOURS, SHAPES, PlacedShape, _draw, load_image
-from seqlab.data.readers import DataError, numbered_lines
+from seqlab.data.images import COLOURS, SHAPES, PlacedShape, _draw, load_image, read_named_captions
+from seqlab.data.readers import DataError
 
 __all__ = [
     "FRAME_SUFFIXES",
@@ -327,27 +327,8 @@ def read_video_captions(
     folder = Path(clip_dir) if clip_dir is not None else path.parent
     if clip_dir is not None and not folder.is_dir():
         raise DataError(f"clip folder {folder} does not exist or is not a folder")
-    order: dict[str, int] = {}
-    clips: list[np.ndarray] = []
-    captions: list[list[str]] = []
-    for line, text in numbered_lines(path):
-        if not text.strip():
-            continue
-        name, tab, caption = text.partition("\t")
-        name, caption = name.strip(), caption.strip()
-        if not tab:
-            raise DataError(
-                f"{path}, line {line}: expected 'clip<TAB>caption', found no tab in {text[:60]!r}"
-            )
-        if not name:
-            raise DataError(f"{path}, line {line}: empty clip name before the tab")
-        if not caption:
-            raise DataError(f"{path}, line {line}: empty caption for clip {name!r}")
-        if name not in order:
-            order[name] = len(clips)
-            clips.append(load_clip(folder / name, image_size, where=f"{path}, line {line}"))
-            captions.append([])
-        captions[order[name]].append(caption)
-    if not clips:
-        raise DataError(f"{path} holds no captions; expected lines 'clip<TAB>caption'")
-    return VideoCaptions(clips=clips, captions=captions, names=list(order))
+    clips, captions, names = read_named_captions(
+        path, lambda name, where: load_clip(folder / name, image_size, where=where),
+        key="clip", name_word="clip name", item="clip",
+    )
+    return VideoCaptions(clips=clips, captions=captions, names=names)
