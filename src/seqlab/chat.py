@@ -59,30 +59,12 @@ class ChatSession:
 
     def stream(self, text: str):
         """Yield the reply to ``text`` piece by piece; the turn is added to the history."""
-        from seqlab.align import stream_reply
-
-        template = self.task.template
-        p = self.settings
         messages = self.messages + [{"role": "user", "content": text}]
-        context = self.task.context_length(self.model)
-        budget = context - max(1, min(p.max_new_tokens, context // 4))
-        prompt = template.encode(template.fit_history(messages, budget), add_generation_prompt=True)[0]
-        ids: list[int] = []
-        shown = ""
-        for token in stream_reply(self.model, prompt, template.end_of_turn_id,
-                                  min(p.max_new_tokens, context - len(prompt)),
-                                  temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-                                  generator=self.generator):
-            ids.append(token)
-            # Decoding the whole reply each time keeps multi-byte and merged pieces intact.
-            text_so_far = template.decode_reply(ids)
-            if text_so_far.startswith(shown) and len(text_so_far) > len(shown):
-                yield text_so_far[len(shown):]
-                shown = text_so_far
-        reply = template.decode_reply(ids)
-        if len(reply) > len(shown) and reply.startswith(shown):
-            yield reply[len(shown):]
-        self.messages = messages + [{"role": "assistant", "content": reply}]
+        pieces = []
+        for piece in self.task.reply_pieces(self.model, messages, self.generator):
+            pieces.append(piece)
+            yield piece
+        self.messages = messages + [{"role": "assistant", "content": "".join(pieces)}]
 
     def command(self, line: str) -> tuple[bool, str]:
         """(keep going, message) for a /command line."""
@@ -107,7 +89,9 @@ class ChatSession:
 
 def open_chat(run_dir, system: str | None = None, seed: int = 0, overrides: list[str] | None = None
               ) -> ChatSession:
-    """A session with the model of a chat run; RunDirError for a run that is not one."""
+    """A session with the model of a chat run or of its export (onnxruntime); RunDirError for
+    a run that is not one."""
+    from seqlab.export import is_export_dir, open_export
     from seqlab.tasks.sft import read_chat_template
     from seqlab.train.run import RunDirError, open_run
 
@@ -115,7 +99,11 @@ def open_chat(run_dir, system: str | None = None, seed: int = 0, overrides: list
         read_chat_template(run_dir)
     except ValueError as exc:
         raise RunDirError(str(exc)) from None
-    _, task, model, device = open_run(run_dir, overrides)
+    if is_export_dir(run_dir):
+        _, task, model = open_export(run_dir, overrides)
+        device = torch.device("cpu")
+    else:
+        _, task, model, device = open_run(run_dir, overrides)
     if not getattr(task, "chats", False):
         raise RunDirError(f"{run_dir} is a {task.name} run, which does not write replies; chat with "
                           f"an sft or dpo run")
@@ -123,9 +111,12 @@ def open_chat(run_dir, system: str | None = None, seed: int = 0, overrides: list
     return ChatSession(task, model, device, system=system or task.data.system, seed=seed)
 
 
-def run_chat(session: ChatSession, input: TextIO = sys.stdin, output: TextIO = sys.stdout,
+def run_chat(session: ChatSession, input: TextIO | None = None, output: TextIO | None = None,
              interactive: bool | None = None) -> int:
-    """Read messages until /exit or the end of input; stream each reply to ``output``."""
+    """Read messages until /exit or the end of input (stdin unless given); stream each reply
+    to ``output`` (stdout unless given)."""
+    input = sys.stdin if input is None else input  # looked up now: a test may replace them
+    output = sys.stdout if output is None else output
     if interactive is None:
         interactive = input.isatty()
     if interactive:

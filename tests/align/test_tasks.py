@@ -158,6 +158,24 @@ def test_chat_through_stdin(toy, monkeypatch, capsys):
     assert "top_p should be a number in (0, 1]" in err and "(conversation reset)" in err
 
 
+def test_an_exported_chat_model_predicts_and_chats_as_its_run(toy, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime", reason="the onnx extra (onnx, onnxruntime) is not installed")
+    from seqlab.cli import main
+    from seqlab.export import export_onnx, predict_export
+    from seqlab.train.run import predict_run
+
+    export_onnx(toy["sft"], tmp_path / "onnx")
+    prompts = ["say moon", "say cat", "say tree"]
+    assert predict_export(tmp_path / "onnx", prompts) == predict_run(toy["sft"], prompts)
+    conversation = "say moon\nsay cat\n/reset\nsay tree\n"
+    outputs = []
+    for source in (toy["sft"], tmp_path / "onnx"):
+        monkeypatch.setattr("sys.stdin", io.StringIO(conversation))
+        assert main(["chat", str(source), "--temperature", "0"]) == 0
+        outputs.append(capsys.readouterr().out.splitlines())
+    assert outputs[0] == outputs[1] and outputs[0][0] == "moon moon" and len(outputs[0]) == 3
+
+
 def test_chat_refuses_a_run_not_tuned_for_chat(toy, tmp_path, capsys):
     import shutil
 

@@ -1,4 +1,7 @@
-"""Tiny runs served in the API tests: a classifier, a GPT, its ONNX export, a seq2seq model."""
+"""Tiny runs served in the API tests: a classifier, a GPT, a chat model, the ONNX exports of
+both language models, a recurrent seq2seq model and a Transformer one."""
+
+import json
 
 import pytest
 
@@ -46,11 +49,28 @@ def served_runs(tmp_path_factory):
                                              "data.train_size=64", "data.valid_size=8",
                                              "data.test_size=8"], root / "reverse"),
     }
+    chats = root / "chats.jsonl"
+    chats.write_text("".join(
+        json.dumps({"prompt": f"say {word}", "completion": f"{word} {word}"}) + "\n"
+        for word in ["red", "green", "cat", "dog", "sun", "moon"] * 2))
+    # Greedy replies (temperature 0): an exported graph must give the very same ones.
+    runs["chat"] = _make_run("sft", [f"data.train={chats}", "data.tokenizer=word",
+                                     "data.max_length=24", "model.transformer.max_length=24",
+                                     "model.transformer.d_model=8", "model.transformer.nhead=2",
+                                     "model.transformer.num_layers=1",
+                                     "model.transformer.dim_feedforward=16",
+                                     "predict.temperature=0", "predict.max_new_tokens=6"],
+                             root / "chat")
+    runs["transformer"] = _make_run("translate-transformer", [
+        "data.corpus=reversal", "data.train_size=64", "data.valid_size=8", "data.test_size=8",
+        "model.d_model=8", "model.nhead=2", "model.num_layers=2", "model.dim_feedforward=16"],
+        root / "transformer")
     try:
         from seqlab.export import export_onnx
 
-        export_onnx(runs["gpt"], root / "gpt-onnx")
-        runs["gpt-onnx"] = root / "gpt-onnx"
+        for name in ("gpt", "chat"):
+            export_onnx(runs[name], root / f"{name}-onnx")
+            runs[f"{name}-onnx"] = root / f"{name}-onnx"
     except ImportError:
-        runs["gpt-onnx"] = None
+        runs["gpt-onnx"] = runs["chat-onnx"] = None
     return runs

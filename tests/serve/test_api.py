@@ -234,3 +234,104 @@ def test_non_finite_run_weights_are_refused(served_runs, tmp_path):
     save_file(tensors, str(copy / "model.safetensors"))
     with pytest.raises(ExportError, match="non-finite weights"):
         load_model(str(copy))
+
+
+@pytest.fixture(scope="module")
+def chat_client(served_runs):
+    names = ["chat", "classify"] + (["chat-onnx"] if served_runs["chat-onnx"] else [])
+    served = [load_model(f"{name}={served_runs[name]}") for name in names]
+    settings = ServeSettings(max_input_chars=200, max_new_tokens=50)
+    with TestClient(create_app(served, settings)) as test_client:
+        yield test_client
+
+
+def _events(reply):
+    return [json.loads(line[len("data: "):]) for line in reply.text.split("\n\n") if line]
+
+
+@pytest.mark.parametrize("name", ["chat", "chat-onnx"])
+def test_chat_replies_as_seqlab_predict_streamed_or_whole(chat_client, served_runs, name):
+    if served_runs[name] is None:
+        pytest.skip("the onnx extra is not installed")
+    described = {m["name"]: m for m in chat_client.get("/v1/models").json()["models"]}
+    assert described[name]["kind"] == "chat"
+    expected = predict_run(served_runs["chat"], ["say dog"])[0]  # the run itself, in torch
+    user = [{"role": "user", "content": "say dog"}]
+    whole = chat_client.post("/v1/chat", json={"model": name, "messages": user, "stream": False})
+    assert whole.status_code == 200, whole.text
+    assert whole.json() == {"model": name, "message": {"role": "assistant", "content": expected}}
+    events = _events(chat_client.post("/v1/chat", json={"model": name, "messages": user}))
+    assert events[-1] == {"done": True, "message": {"role": "assistant", "content": expected}}
+    assert "".join(e["token"] for e in events[:-1]) == expected
+    predicted = chat_client.post("/v1/predict", json={"model": name, "inputs": ["say dog"]})
+    assert predicted.json()["outputs"] == [expected]
+
+
+def test_chat_reads_the_whole_conversation(served_runs):
+    served = load_model(f"chat={served_runs['chat']}")
+    seen = []
+    reply_pieces = served.task.reply_pieces
+
+    def recording(model, messages, *args, **kwargs):
+        seen.append(messages)
+        return reply_pieces(model, messages, *args, **kwargs)
+
+    served.task.reply_pieces = recording
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say sun"},
+                {"role": "assistant", "content": "sun sun"}, {"role": "user", "content": "say cat"}]
+    with TestClient(create_app([served])) as client:
+        reply = client.post("/v1/chat", json={"messages": messages, "stream": False})
+    assert seen == [messages]  # every turn, in order, reaches the model
+    _, task, model, device = open_run(served_runs["chat"])
+    assert reply.json()["message"]["content"] == task.reply(model, messages, device)
+
+
+def test_chat_mistakes_are_4xx_with_a_message(chat_client):
+    def post(body):
+        return chat_client.post("/v1/chat", json={"model": "chat", **body})
+
+    user = {"role": "user", "content": "say dog"}
+    assert_error(post({"messages": []}), 422, "invalid_request", "messages is empty")
+    assert_error(post({"messages": [user, {"role": "assistant", "content": "x"}]}), 422,
+                 "invalid_request", "end with the user's message")
+    assert_error(post({"messages": [user, {"role": "system", "content": "x"}, user]}), 422,
+                 "invalid_request", "system message may only open")
+    assert_error(post({"messages": [{"role": "bot", "content": "x"}]}), 422, "invalid_request",
+                 "messages.0.role")
+    assert_error(post({"messages": [{"role": "user", "content": 3}]}), 422, "invalid_request",
+                 "messages.0.content")
+    assert_error(post({"messages": [{"role": "user", "content": "x", "name": "y"}]}), 422,
+                 "invalid_request", "unknown field 'messages.0.name'")
+    # 20 words do not fit the 24 positions with room for a reply: refused before any event.
+    long = {"role": "user", "content": "say " * 20}
+    assert_error(post({"messages": [long]}), 413, "input_too_long", "last message alone")
+    assert_error(post({"messages": [long], "stream": False}), 413, "input_too_long")
+    assert_error(post({"messages": [{"role": "user", "content": "x" * 201}]}), 413,
+                 "input_too_long", "messages[0].content has 201 characters")
+    assert_error(post({"messages": [user], "max_new_tokens": 51}), 422, "max_new_tokens_too_large")
+    assert_error(chat_client.post("/v1/chat", json={"model": "classify", "messages": [user]}),
+                 422, "not_a_chat_model", "/v1/chat serves chat-tuned runs", "served here: chat")
+    assert_error(chat_client.post("/v1/generate", json={"model": "chat", "prompt": "x"}), 422,
+                 "not_a_language_model", "chat model")
+
+
+def test_transformer_seq2seq_attention_map(served_runs):
+    served = load_model(f"transformer={served_runs['transformer']}")
+    with TestClient(create_app([served])) as client:
+        body = client.post("/v1/predict", json={"inputs": ["a b c d"], "attention": True}).json()
+    (attention,) = body["attention"]
+    assert attention["source"] == ["a", "b", "c", "d"]
+    assert "cross-attention" in attention["note"]
+    weights = torch.tensor(attention["weights"])  # (T, S): a row per output token
+    assert weights.shape == (len(attention["output"]), 4)
+    # The same numbers as the model's own maps of the greedy output, read teacher-forced.
+    _, task, model, _ = open_run(served_runs["transformer"])
+    tokenizer = task.tokenizer
+    output = [t for t in attention["output"] if t != "</s>"]
+    tgt = ([tokenizer.bos_id] + [tokenizer.token_to_id(t) for t in output]
+           + ([tokenizer.eos_id] if len(output) < len(attention["output"]) else []))
+    src = torch.tensor([task.source_ids("a b c d")])
+    maps = model.eval().attention_maps(src, torch.tensor([4]), torch.tensor([tgt]))
+    expected = maps.decoder_cross[-1][0].mean(dim=0)  # last decoder layer, heads averaged
+    assert torch.allclose(weights, expected, atol=1e-4)
+    assert torch.allclose(weights.sum(-1), torch.ones(len(weights)), atol=1e-3)

@@ -119,7 +119,8 @@ def stream_reply(
     """
     from seqlab.decode.sampling import sample_next_token
 
-    device = next(model.parameters()).device
+    # An exported model (onnxruntime) has no parameters and reads CPU tensors.
+    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else "cpu"
     was_training = model.training
     model.eval()
     try:

@@ -59,7 +59,8 @@ MANIFEST = "export.json"
 EXPORT_FORMAT = "seqlab-export-1"
 OPSET = 17
 # Files of a run that a prediction needs besides the weights; copied when present.
-RUN_FILES = ("config.yaml", "tokenizer.json", "source_tokenizer.json", "labels.json", "summary.json")
+RUN_FILES = ("config.yaml", "tokenizer.json", "source_tokenizer.json", "labels.json", "summary.json",
+             "chat_template.json")
 
 
 class ExportError(ValueError):

@@ -102,6 +102,8 @@ class OnnxModel:
         self.pad_id = 0
 
     # The torch.nn.Module calls a task makes; an exported model is always in eval mode.
+    training = False
+
     def eval(self) -> OnnxModel:
         return self
 
@@ -154,6 +156,17 @@ class OnnxModel:
                                ignore_index=-100)
 
     # Language models: the step graph, with the recurrent state or the key/value cache.
+    @property
+    def max_length(self) -> int | None:
+        """A Transformer language model's positions (None for other families)."""
+        return self.info.get("max_length") if self.family == "lm-transformer" else None
+
+    def new_cache(self) -> KeyValueState | None:
+        """An empty key/value cache to pass as ``state`` (as TransformerLM.new_cache): the
+        call that fills it returns it grown. None for a recurrent model, whose state starts
+        empty anyway."""
+        return KeyValueState([]) if self.family == "lm-transformer" else None
+
     def _empty_state(self, batch: int):
         info = self.info
         if self.family == "lm":
@@ -166,8 +179,8 @@ class OnnxModel:
         from seqlab.models.outputs import LMOutput
 
         given = state
-        if state is None:
-            state = self._empty_state(ids.size(0))
+        if state is None or (isinstance(state, KeyValueState) and not state.tensors):
+            state = self._empty_state(ids.size(0))  # nothing yet, or a new_cache()
         if self.family == "lm":
             parts = state if isinstance(state, tuple) else (state,)
             feeds = {"input_ids": ids.long(), "h": parts[0]}
@@ -325,7 +338,7 @@ class KeyValueState:
 
     @property
     def length(self) -> int:
-        return self.tensors[0].size(2)
+        return self.tensors[0].size(2) if self.tensors else 0
 
     def feeds(self, prefix: str) -> dict[str, torch.Tensor]:
         return dict(zip(_kv_names(prefix, len(self.tensors) // 2), self.tensors))

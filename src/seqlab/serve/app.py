@@ -9,6 +9,9 @@ POST /v1/predict     {"model"?, "inputs": [str], "probabilities"?, "attention"?}
 POST /v1/generate    {"model"?, "prompt", "max_new_tokens"?, "temperature"?, "top_k"?,
                       "top_p"?, "seed"?, "stream"?} -> events {"token"} ... {"done", "text"},
                       or {"model", "prompt", "completion", "text"} with "stream": false
+POST /v1/chat        {"model"?, "messages": [{"role", "content"}], "max_new_tokens"?, ...,
+                      "stream"?} -> events {"token"} ... {"done", "message"}, or
+                      {"model", "message": {"role": "assistant", "content"}} with "stream": false
 GET  /docs           the OpenAPI page (schema at /openapi.json)
 ==================== ====================================================================
 
@@ -26,6 +29,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -77,6 +81,29 @@ class GenerateRequest(BaseModel):
 
     model: StrictStr | None = None
     prompt: StrictStr
+    max_new_tokens: StrictInt | None = Field(
+        None, ge=0, description="default: the run's predict.max_new_tokens, within the limit")
+    temperature: float | None = Field(None, ge=0, description="default: the run's predict.temperature")
+    top_k: StrictInt | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: StrictInt | None = None
+    stream: StrictBool = True
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: StrictStr
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = None
+    messages: list[ChatMessage] = Field(
+        description="the conversation so far, oldest first, ending with the user's message; "
+                    "a system message may open it")
     max_new_tokens: StrictInt | None = Field(
         None, ge=0, description="default: the run's predict.max_new_tokens, within the limit")
     temperature: float | None = Field(None, ge=0, description="default: the run's predict.temperature")
@@ -233,7 +260,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             raise ApiError(422, "invalid_request", f"attention is for seq2seq models; model "
                            f"{served.name!r} is a {served.kind} model")
         try:
-            if served.kind == "generate":
+            if served.kind in ("generate", "chat"):
                 # Sampling draws from one seeded generator per call: batching other requests'
                 # prompts into it would change this request's text.
                 outputs = await within_time(batcher.call(served.predict, body.inputs))
@@ -250,13 +277,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             raise ApiError(422, "invalid_input", str(exc)) from None
         return result
 
-    @app.post("/v1/generate")
-    async def generate(body: GenerateRequest):
-        served, batcher = resolve(body.model)
-        if served.kind != "generate":
-            raise ApiError(422, "not_a_language_model", f"model {served.name!r} is a "
-                           f"{served.kind} model; /v1/generate serves language models "
-                           f"({', '.join(m.name for m in by_name.values() if m.kind == 'generate') or 'none served'})")
+    def sampling(served: ServedModel, body: GenerateRequest | ChatRequest) -> tuple:
+        """(max_new_tokens, temperature, top_k, top_p, seed): the request's, else the run's."""
         defaults = served.task.predict_config
         max_new_tokens = body.max_new_tokens
         if max_new_tokens is None:
@@ -264,38 +286,93 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         if max_new_tokens > settings.max_new_tokens:
             raise ApiError(422, "max_new_tokens_too_large", f"max_new_tokens={body.max_new_tokens} "
                            f"is more than the limit of {settings.max_new_tokens}")
-        check_text(served, body.prompt, "prompt")
-        options = (max_new_tokens,
-                   defaults.temperature if body.temperature is None else body.temperature,
-                   defaults.top_k if body.top_k is None else body.top_k,
-                   defaults.top_p if body.top_p is None else body.top_p,
-                   defaults.seed if body.seed is None else body.seed)
-        pieces = served.stream(body.prompt, *options)
-        if not body.stream:
-            try:
-                completion = await within_time(batcher.call(lambda: "".join(pieces)))
-            finally:
-                await batcher.call(pieces.close)
-            return {"model": served.name, "prompt": body.prompt, "completion": completion,
-                    "text": body.prompt + completion}
+        return (max_new_tokens,
+                defaults.temperature if body.temperature is None else body.temperature,
+                defaults.top_k if body.top_k is None else body.top_k,
+                defaults.top_p if body.top_p is None else body.top_p,
+                defaults.seed if body.seed is None else body.seed)
 
-        async def events():
+    def served_of_kind(name: str | None, kind: str, endpoint: str, what: str) -> tuple:
+        served, batcher = resolve(name)
+        if served.kind != kind:
+            offered = ", ".join(m.name for m in by_name.values() if m.kind == kind) or "none served"
+            raise ApiError(422, f"not_a_{kind}_model" if kind == "chat" else "not_a_language_model",
+                           f"model {served.name!r} is a {served.kind} model; {endpoint} serves "
+                           f"{what}; served here: {offered}")
+        return served, batcher
+
+    async def first_piece(batcher: Batcher, pieces) -> str | None:
+        """The first piece, drawn before any answer is sent: an input the model refuses
+        (ValueError) is then still a 413 rather than an error event inside a 200."""
+        try:
+            return await within_time(batcher.call(next, pieces, None))
+        except ValueError as exc:
+            await batcher.call(pieces.close)
+            raise ApiError(413, "input_too_long", str(exc)) from None
+
+    def events(batcher: Batcher, pieces, first: str | None, done) -> StreamingResponse:
+        """Server-sent events: {"token"} per piece, then done(text) or {"error"}."""
+        async def stream():
             text = ""
             try:
-                while True:
-                    piece = await within_time(batcher.call(next, pieces, None))
-                    if piece is None:
-                        break
+                piece = first
+                while piece is not None:
                     text += piece
                     yield f"data: {json.dumps({'token': piece})}\n\n"
-                yield f"data: {json.dumps({'done': True, 'text': body.prompt + text})}\n\n"
+                    piece = await within_time(batcher.call(next, pieces, None))
+                yield f"data: {json.dumps({'done': True, **done(text)})}\n\n"
             except ApiError as exc:
                 yield f"data: {json.dumps({'error': {'type': exc.kind, 'message': exc.message}})}\n\n"
             finally:
                 await batcher.call(pieces.close)
 
-        return StreamingResponse(events(), media_type="text/event-stream",
+        return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
+
+    async def whole(batcher: Batcher, pieces, first: str | None) -> str:
+        try:
+            rest = await within_time(batcher.call(lambda: "".join(pieces)))
+        finally:
+            await batcher.call(pieces.close)
+        return (first or "") + rest
+
+    @app.post("/v1/generate")
+    async def generate(body: GenerateRequest):
+        served, batcher = served_of_kind(body.model, "generate", "/v1/generate", "language models")
+        options = sampling(served, body)
+        check_text(served, body.prompt, "prompt")
+        pieces = served.stream(body.prompt, *options)
+        first = await first_piece(batcher, pieces)
+        if body.stream:
+            return events(batcher, pieces, first, lambda text: {"text": body.prompt + text})
+        completion = await whole(batcher, pieces, first)
+        return {"model": served.name, "prompt": body.prompt, "completion": completion,
+                "text": body.prompt + completion}
+
+    @app.post("/v1/chat")
+    async def chat(body: ChatRequest):
+        served, batcher = served_of_kind(body.model, "chat", "/v1/chat",
+                                         "chat-tuned runs (sft, dpo, ppo, grpo)")
+        options = sampling(served, body)
+        messages = [message.model_dump() for message in body.messages]
+        if not messages:
+            raise ApiError(422, "invalid_request", "messages is empty; send the conversation, "
+                           "ending with the user's message")
+        if messages[-1]["role"] != "user":
+            raise ApiError(422, "invalid_request", "messages should end with the user's message "
+                           "({\"role\": \"user\", \"content\": ...}), which the reply answers")
+        if any(m["role"] == "system" for m in messages[1:]):
+            raise ApiError(422, "invalid_request", "a system message may only open the "
+                           "conversation (messages[0])")
+        for index, message in enumerate(messages):
+            check_text(served, message["content"], f"messages[{index}].content")
+        pieces = served.chat(messages, *options)
+        first = await first_piece(batcher, pieces)
+        if body.stream:
+            return events(batcher, pieces, first,
+                          lambda text: {"message": {"role": "assistant", "content": text}})
+        reply = await whole(batcher, pieces, first)
+        return {"model": served.name, "message": {"role": "assistant", "content": reply}}
 
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
     return app

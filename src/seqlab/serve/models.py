@@ -36,7 +36,9 @@ class ServedModel:
 
     @property
     def kind(self) -> str:
-        """What the page and the API offer: generate, translate, classify, tag or predict."""
+        """What the page and the API offer: chat, generate, translate, classify, tag or predict."""
+        if getattr(self.task, "chats", False):
+            return "chat"
         return KINDS.get(self.task.name, "predict")
 
     @property
@@ -86,29 +88,43 @@ class ServedModel:
 
     def attention(self, text: str) -> dict | None:
         """The attention of greedy decoding over the source: which source tokens each output
-        token read. None for a model whose steps report no weights (a Transformer's)."""
+        token read. A recurrent decoder reports its weights at each step; for a Transformer,
+        the greedy output is read again in one teacher-forced pass, and the map is its last
+        decoder layer's cross-attention averaged over the heads. None for a model that gives
+        neither (an exported Transformer)."""
+        from seqlab.models import TransformerSeq2Seq
+
         task = self.task
         tokenizer = task.tokenizer
         ids = task.source_ids(text)
         cap = max(1, math.ceil(task.predict_config.max_length_ratio * len(ids)))
+        src, lengths = torch.tensor([ids]), torch.tensor([len(ids)])
+        note = "attention of greedy decoding"
         with self.lock, torch.no_grad():
             self.forward_passes += 1
-            memory = self.model.encode(torch.tensor([ids]), torch.tensor([len(ids)]))
+            memory = self.model.encode(src, lengths)
             state = self.model.init_state(memory)
             prev = torch.tensor([tokenizer.bos_id])
-            rows, outputs = [], []
+            tokens, rows, outputs = [tokenizer.bos_id], [], []
             for _ in range(cap):
                 log_probs, state, weights = self.model.step(prev, state, memory)
-                if weights is None:
-                    return None
                 prev = log_probs.argmax(-1)  # (1,)
-                rows.append([round(float(w), 4) for w in weights[0]])
+                tokens.append(int(prev))
+                if weights is not None:
+                    rows.append([round(float(w), 4) for w in weights[0]])
                 if int(prev) == tokenizer.eos_id:
                     outputs.append("</s>")
                     break
                 outputs.append(tokenizer.id_to_token(int(prev)))
+            if len(rows) < len(outputs):  # the steps report no weights
+                if not isinstance(self.model, TransformerSeq2Seq):
+                    return None
+                maps = self.model(src, lengths, torch.tensor([tokens]), return_attentions=True)
+                rows = [[round(float(w), 4) for w in row] for row in maps.attentions[0]]
+                note = ("last decoder layer's cross-attention, averaged over the heads, "
+                        "reading the greedy output")
         return {"source": [task.source_tokenizer.id_to_token(i) for i in ids], "output": outputs,
-                "weights": rows}
+                "weights": rows, "note": note}
 
     def stream(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
                top_p: float | None, seed: int) -> Iterator[str]:
@@ -132,6 +148,23 @@ class ServedModel:
             # together with the next one.
             full = tokenizer.decode(new)
             piece, text = full[len(text):], full
+            yield piece
+
+
+    def chat(self, messages: list[dict], max_new_tokens: int, temperature: float,
+             top_k: int | None, top_p: float | None, seed: int) -> Iterator[str]:
+        """A chat model's reply to `messages` as text pieces (the history trimmed to fit its
+        context; ValueError, at the first piece, when the last message alone does not fit)."""
+        generator = torch.Generator().manual_seed(seed)
+        pieces = self.task.reply_pieces(self.model, messages, generator,
+                                        max_new_tokens=max_new_tokens, temperature=temperature,
+                                        top_k=top_k, top_p=top_p)
+        while True:
+            with torch.no_grad():
+                piece = next(pieces, None)
+            if piece is None:
+                return
+            self.forward_passes += 1
             yield piece
 
 

@@ -1,7 +1,7 @@
 """The page at `/`: pick a served model, type text, see its answer.
 
 Language models stream their tokens as they are drawn (server-sent events read with fetch),
-classifiers show every label's probability as a bar, seq2seq models their output line and the
+chat models keep a conversation (each reply streamed, "Reset" forgets it), classifiers show every label's probability as a bar, seq2seq models their output line and the
 attention of greedy decoding as a heat-map (a row per output token, a column per source token),
 taggers their output line.
 One self-contained HTML file: no script or style is fetched from elsewhere.
@@ -24,6 +24,8 @@ PAGE = """<!doctype html>
   table.heat th { font-weight: normal; font-size: .8rem; padding: 0 .25rem; }
   table.heat thead th { writing-mode: vertical-rl; }
   table.heat caption { caption-side: bottom; text-align: left; white-space: nowrap; }
+  #conversation p { margin: .25rem 0; white-space: pre-wrap; }
+  #conversation .role { font-weight: bold; }
 </style>
 </head>
 <body>
@@ -32,16 +34,18 @@ PAGE = """<!doctype html>
 <select id="model"></select> <span id="kind"></span>
 <label for="text">Input (one per line for predictions)</label>
 <textarea id="text">The </textarea>
+<div id="conversation"></div>
 <div id="generate-options">
   <label for="max-new-tokens">New tokens</label>
   <input id="max-new-tokens" type="number" value="64" min="0">
 </div>
-<p><button id="run">Run</button></p>
+<p><button id="run">Run</button> <button id="reset">Reset</button></p>
 <pre id="output" aria-live="polite"></pre>
 <div id="probabilities"></div>
 <div id="attention"></div>
 <script>
 const models = {};
+let conversation = [];  // a chat model's messages so far
 const $ = (id) => document.getElementById(id);
 
 function showError(message) {
@@ -69,17 +73,27 @@ function chooseModel() {
   const model = models[$("model").value];
   if (!model) return;
   $("kind").textContent = `${model.task}, ${model.source}${model.quantized ? ", int8" : ""}`;
-  $("generate-options").style.display = model.kind === "generate" ? "" : "none";
+  const samples = model.kind === "generate" || model.kind === "chat";
+  $("generate-options").style.display = samples ? "" : "none";
+  $("reset").style.display = model.kind === "chat" ? "" : "none";
+  $("run").textContent = model.kind === "chat" ? "Send" : "Run";
+  resetConversation();
 }
 
-async function generate(model) {
-  const reply = await fetch("/v1/generate", {
-    method: "POST", headers: {"Content-Type": "application/json"},
-    body: JSON.stringify({model: model.name, prompt: $("text").value, stream: true,
-                          max_new_tokens: Number($("max-new-tokens").value)}),
-  });
-  if (!reply.ok) { showError((await reply.json()).error.message); return; }
-  $("output").textContent = $("text").value;
+function resetConversation() {
+  conversation = [];
+  $("conversation").innerHTML = "";
+}
+
+function showTurn(role, content) {
+  const turn = document.createElement("p");
+  turn.innerHTML = `<span class="role"></span> <span></span>`;
+  turn.children[0].textContent = `${role}:`;
+  turn.children[1].textContent = content;
+  $("conversation").appendChild(turn);
+}
+
+async function readEvents(reply, onToken, onDone) {
   const reader = reply.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
@@ -91,11 +105,40 @@ async function generate(model) {
     buffer = events.pop();
     for (const event of events) {
       const data = JSON.parse(event.replace(/^data: /, ""));
-      if (data.token !== undefined) $("output").textContent += data.token;
+      if (data.token !== undefined) onToken(data.token);
       if (data.error) showError(data.error.message);
-      if (data.done) $("output").dataset.done = "true";
+      if (data.done) { onDone(data); $("output").dataset.done = "true"; }
     }
   }
+}
+
+async function generate(model) {
+  const reply = await fetch("/v1/generate", {
+    method: "POST", headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({model: model.name, prompt: $("text").value, stream: true,
+                          max_new_tokens: Number($("max-new-tokens").value)}),
+  });
+  if (!reply.ok) { showError((await reply.json()).error.message); return; }
+  $("output").textContent = $("text").value;
+  await readEvents(reply, (token) => { $("output").textContent += token; }, () => {});
+}
+
+async function chat(model) {
+  const text = $("text").value.trim();
+  if (!text) return;
+  const messages = conversation.concat([{role: "user", content: text}]);
+  const reply = await fetch("/v1/chat", {
+    method: "POST", headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({model: model.name, messages: messages, stream: true,
+                          max_new_tokens: Number($("max-new-tokens").value)}),
+  });
+  if (!reply.ok) { showError((await reply.json()).error.message); return; }
+  showTurn("user", text);
+  $("text").value = "";
+  await readEvents(reply, (token) => { $("output").textContent += token; }, (data) => {
+    conversation = messages.concat([data.message]);
+    showTurn("assistant", data.message.content);
+  });
 }
 
 async function predict(model) {
@@ -149,11 +192,12 @@ function drawAttention(map) {
     }
   });
   const caption = table.createCaption();
-  caption.textContent = "attention of greedy decoding (rows: output tokens, columns: source)";
+  caption.textContent = `${map.note} (rows: output tokens, columns: source)`;
   $("attention").appendChild(table);
 }
 
 $("model").addEventListener("change", chooseModel);
+$("reset").addEventListener("click", () => { resetConversation(); $("output").textContent = ""; });
 $("run").addEventListener("click", async () => {
   const model = models[$("model").value];
   $("output").textContent = "";
@@ -161,7 +205,9 @@ $("run").addEventListener("click", async () => {
   $("probabilities").innerHTML = "";
   $("attention").innerHTML = "";
   try {
-    if (model.kind === "generate") await generate(model); else await predict(model);
+    if (model.kind === "generate") await generate(model);
+    else if (model.kind === "chat") await chat(model);
+    else await predict(model);
   } catch (error) {
     showError(String(error));
   }

@@ -24,6 +24,7 @@ import json
 import math
 import random
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -161,22 +162,44 @@ class ChatModelTask(Task):
     def context_length(self, model: torch.nn.Module) -> int:
         return getattr(model, "max_length", None) or self.data.max_length
 
-    def reply(self, model, messages: list[dict], device, generator=None) -> str:
-        """The model's answer to a conversation (the history trimmed to fit the context)."""
+    def reply_pieces(self, model, messages: list[dict], generator=None, *,
+                     max_new_tokens: int | None = None, temperature: float | None = None,
+                     top_k: int | None = None, top_p: float | None = None) -> Iterator[str]:
+        """The model's answer to a conversation as pieces of text, each yielded as soon as its
+        tokens are drawn; the pieces join to the whole reply. The history is trimmed to fit the
+        context. Sampling settings left out are the run's ``predict.*``."""
         from seqlab.align import stream_reply
 
         p = self.predict_config
+        max_new_tokens = p.max_new_tokens if max_new_tokens is None else max_new_tokens
         template = self.template
         model = getattr(model, "language_model", model)  # a PPO run's policy holds a value head
         context = self.context_length(model)
         # The history keeps at least a quarter of the context (or max_new_tokens) for the reply.
-        budget = context - max(1, min(p.max_new_tokens, context // 4))
+        budget = context - max(1, min(max_new_tokens, context // 4))
         prompt = template.encode(template.fit_history(messages, budget), add_generation_prompt=True)[0]
-        ids = list(stream_reply(model, prompt, template.end_of_turn_id,
-                                min(p.max_new_tokens, context - len(prompt)),
-                                temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-                                generator=generator))
-        return template.decode_reply(ids)
+        ids: list[int] = []
+        shown = ""
+        for token in stream_reply(
+            model, prompt, template.end_of_turn_id, min(max_new_tokens, context - len(prompt)),
+            temperature=p.temperature if temperature is None else temperature,
+            top_k=p.top_k if top_k is None else top_k, top_p=p.top_p if top_p is None else top_p,
+            generator=generator,
+        ):
+            ids.append(token)
+            # Decoding the whole reply each time keeps merged pieces intact; a character whose
+            # bytes are not all drawn yet (U+FFFD so far) waits for the next token.
+            text = template.decode_reply(ids).rstrip("\ufffd")
+            if len(text) > len(shown) and text.startswith(shown):
+                yield text[len(shown):]
+                shown = text
+        reply = template.decode_reply(ids)
+        if len(reply) > len(shown) and reply.startswith(shown):
+            yield reply[len(shown):]
+
+    def reply(self, model, messages: list[dict], device=None, generator=None) -> str:
+        """The model's whole answer to a conversation (see :meth:`reply_pieces`)."""
+        return "".join(self.reply_pieces(model, messages, generator))
 
     def _conversation(self, text: str) -> list[dict]:
         system = self.predict_config.system or self.data.system
