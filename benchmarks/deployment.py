@@ -4,10 +4,16 @@ test of `seqlab serve` with and without on-the-fly batching.
     python benchmarks/deployment.py                    # trains (or reuses) the runs, prints tables
     python benchmarks/deployment.py --write            # also appends them to RESULTS.md
     python benchmarks/deployment.py --minutes 0.5      # shorter training budgets (seq2seq: 4 min)
+    python benchmarks/deployment.py --use translate-transformer=RUN_DIR   # measure a run you have
 
-Runs (each trained for `--minutes` of wall clock, reused from `--runs-dir` when present):
-MR sentiment with a BiLSTM (accuracy), a character LSTM and a character GPT on Tiny Shakespeare
-(loss in nats/char) and Multi30k German→English with a BiGRU + Bahdanau attention (BLEU, greedy).
+Runs (each trained for `--minutes` of wall clock, reused from `--runs-dir` when present, or
+taken from `--use RECIPE=RUN_DIR`): MR sentiment with a BiLSTM and with a Transformer encoder
+(accuracy), a BiLSTM tagger of German nouns (token accuracy), a character LSTM and a character
+GPT on Tiny Shakespeare (loss in nats/char), and Multi30k German→English with a BiGRU + Bahdanau
+attention and with a Transformer (BLEU, greedy; `--seq2seq-minutes`). The tagging set is made
+from Multi30k's German side, with no download: German capitalises its nouns, so a token is
+tagged `N` when it is capitalised and not the sentence's first, `O` otherwise, and the tagger
+reads the lowercased tokens (it must know which words are nouns; first tokens are `O`).
 Each is exported to ONNX and quantised to int8; the three versions are timed in one process,
 taking turns inside every repeat, at batch 1 and batch 32 (median of the repeats), and
 evaluated on the same split. The load test starts `seqlab serve` on 127.0.0.1 and sends
@@ -38,16 +44,50 @@ DATA = ROOT.parent / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def runs_to_train(minutes: float) -> dict:
+def gz_lines(path: Path) -> list[str]:
+    import gzip
+
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return handle.read().splitlines()
+
+
+def write_noun_tagging(work: Path) -> dict[str, Path]:
+    """CoNLL files of German noun tags from Multi30k (see the module's docstring)."""
+    paths = {}
+    for split, name, limit in (("train", "train", 10_000), ("valid", "val", None),
+                               ("test", "test_2016_flickr", None)):
+        lines = gz_lines(DATA / "multi30k" / f"{name}.de.gz")
+        blocks = []
+        for line in lines[:limit]:
+            tokens = line.split()
+            blocks.append("\n".join(f"{t.lower()} {'N' if i and t[:1].isupper() else 'O'}"
+                                    for i, t in enumerate(tokens)))
+        paths[split] = work / f"nouns-{split}.conll"
+        paths[split].write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+    return paths
+
+
+def runs_to_train(minutes: float, seq2seq_minutes: float, work: Path) -> dict:
     budget = [f"trainer.max_time_minutes={minutes}", "trainer.progress=false"]
     mr = DATA / "sentences" / "mr"
     multi30k = DATA / "multi30k"
     text = DATA / "tinyshakespeare" / "input.txt"
+    nouns = write_noun_tagging(work)
+    mr_files = [f"data.train={mr / 'train.tsv'}", f"data.valid={mr / 'valid.tsv'}",
+                f"data.test={mr / 'test.tsv'}", "data.text_column=sentence"]
+    multi30k_files = [f"data.train={multi30k / 'train'}", f"data.valid={multi30k / 'val'}",
+                      f"data.test={multi30k / 'test_2016_flickr'}", "data.source_suffix=.de.gz",
+                      "data.target_suffix=.en.gz", "trainer.progress=false",
+                      f"trainer.max_time_minutes={seq2seq_minutes}"]
     return {
         "classifier (MR, BiLSTM)": ("classify-bilstm", [
-            f"data.train={mr / 'train.tsv'}", f"data.valid={mr / 'valid.tsv'}",
-            f"data.test={mr / 'test.tsv'}", "data.text_column=sentence", "trainer.epochs=3",
-            "trainer.eval_every=100", *budget], "test", "accuracy"),
+            *mr_files, "trainer.epochs=3", "trainer.eval_every=100", *budget], "test", "accuracy"),
+        "classifier (MR, Transformer)": ("bert-classify", [
+            *mr_files, "trainer.epochs=5", "trainer.eval_every=200", "data.max_length=64",
+            "model.max_length=64", *budget], "test", "accuracy"),
+        "tagger (German nouns, BiLSTM)": ("tag-bilstm", [
+            f"data.train={nouns['train']}", f"data.valid={nouns['valid']}",
+            f"data.test={nouns['test']}", "trainer.epochs=3", *budget], "test", "accuracy"),
         "char LSTM LM (Shakespeare)": ("charlm-shakespeare-lstm", [
             f"data.train={text}", "trainer.max_steps=600", *budget], "valid", "loss"),
         "char GPT LM (Shakespeare)": ("gpt-charlm", [
@@ -55,22 +95,24 @@ def runs_to_train(minutes: float) -> dict:
             "trainer.max_steps=600", "trainer.eval_every=200", "trainer.save_every=200",
             *budget], "valid", "loss"),
         "seq2seq (Multi30k de-en, BiGRU + attention)": ("translate-gru-attn", [
-            f"data.train={multi30k / 'train'}", f"data.valid={multi30k / 'val'}",
-            f"data.test={multi30k / 'test_2016_flickr'}", "data.source_suffix=.de.gz",
-            "data.target_suffix=.en.gz", "model.embedding_dim=128", "model.hidden_size=128",
-            "trainer.epochs=1", "trainer.eval_every=100000", "trainer.progress=false",
-            f"trainer.max_time_minutes={max(minutes, 4.0)}"], "test", "bleu"),
+            *multi30k_files, "trainer.epochs=1", "trainer.eval_every=100000"], "test", "bleu"),
+        "seq2seq (Multi30k de-en, Transformer)": ("translate-transformer", [
+            *multi30k_files, "trainer.epochs=3", "trainer.eval_every=100000"], "test", "bleu"),
     }
 
 
-def train_runs(runs_dir: Path, minutes: float) -> dict:
+def train_runs(runs_dir: Path, minutes: float, seq2seq_minutes: float, only: str | None,
+               use: dict[str, Path]) -> dict:
     from seqlab.train.config import load_config
     from seqlab.train.run import train
 
     made = {}
-    for name, (recipe, overrides, split, metric) in runs_to_train(minutes).items():
-        run_dir = runs_dir / recipe
-        if not (run_dir / "summary.json").is_file():
+    for name, (recipe, overrides, split, metric) in runs_to_train(minutes, seq2seq_minutes,
+                                                                   runs_dir).items():
+        if only and only not in name and recipe not in ("classify-bilstm", "translate-gru-attn"):
+            continue  # the load test serves those two
+        run_dir = use.get(recipe, runs_dir / recipe)
+        if recipe not in use and not (run_dir / "summary.json").is_file():
             shutil.rmtree(run_dir, ignore_errors=True)
             print(f"training {name} for {minutes} min ...", flush=True)
             train(load_config(recipe, overrides), run_dir)
@@ -88,14 +130,14 @@ def median_ms(function, repeats: int) -> float:
 
 
 def test_texts(family: str) -> list[str]:
-    """Inputs for the timings: MR test sentences, Multi30k test sources."""
-    import gzip
-
+    """Inputs for the timings: MR test sentences, Multi30k test sources (lowercased for the
+    tagger, as it was trained)."""
     if family == "classifier":
         lines = (DATA / "sentences" / "mr" / "test.tsv").read_text(encoding="utf-8").splitlines()
         return [line.split("\t")[0] for line in lines[1:]]
     path = DATA / "multi30k" / "test_2016_flickr.de.gz"
-    return gzip.open(path, "rt", encoding="utf-8").read().splitlines()
+    lines = gz_lines(path)
+    return [line.lower() for line in lines] if family == "tagger" else lines
 
 
 def workloads(task, model, family: str, batch: int):
@@ -105,7 +147,7 @@ def workloads(task, model, family: str, batch: int):
 
     tokenizer = task.tokenizer
     generator = torch.Generator().manual_seed(0)
-    if family == "classifier":
+    if family in ("classifier", "tagger"):  # one forward pass
         texts = test_texts(family)[:batch]
         ids = [tokenizer.encode(text) or [tokenizer.unk_id] for text in texts]
         padded, lengths = pad_sequences(ids, pad_value=tokenizer.pad_id)
@@ -268,15 +310,16 @@ def report(measured: list[dict], load: dict, args, threads: int) -> str:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"## Deployment: torch vs onnxruntime vs int8, and `seqlab serve` under load ({now})", "",
-        f"`python benchmarks/deployment.py --minutes {args.minutes} --write`", "",
+        f"`python benchmarks/deployment.py {' '.join(a for a in sys.argv[1:] if a != '--write')} --write`", "",
         (f"- device: CPU {platform.processor() or platform.machine()}, {threads} threads for torch "
         f"and onnxruntime; torch {torch.__version__}, onnxruntime "
         f"{__import__('onnxruntime').__version__}; the 2-core machine was shared with other "
         "jobs, so the ratios (candidates interleaved in every repeat) say more than the times"),
-        (f"- each run trained for {args.minutes} min wall clock, the seq2seq model for "
-         f"{max(args.minutes, 4.0)} (small budgets: the metrics compare float with int8, they "
-         "are not records)"),
-        ("- classifier: one forward pass of test sentences; LMs: a 32-token prompt, then 32 "
+        (f"- each run trained for {args.minutes} min wall clock, the seq2seq models for "
+         f"{args.seq2seq_minutes}" + "".join(f"; {recipe} is {path}" for recipe, path in
+                                              args.use.items())),
+        ("- classifiers and the tagger: one forward pass of test sentences; LMs: a 32-token "
+         "prompt, then 32 "
         "greedy steps carrying the state / cache; seq2seq: greedy decoding of test sentences "
         f"(30 steps at most); median of {args.repeats}"), "",
         "| family | batch | torch ms | onnxruntime ms (ratio) | int8 ms (ratio) |",
@@ -320,6 +363,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "deployment-benchmark"))
     parser.add_argument("--minutes", type=float, default=1.5)
+    parser.add_argument("--seq2seq-minutes", type=float, default=4.0,
+                        help="training time of the two translation models")
+    parser.add_argument("--use", action="append", default=[], metavar="RECIPE=RUN_DIR",
+                        help="measure this trained run instead of training the recipe's")
     parser.add_argument("--repeats", type=int, default=7)
     # One thread each: on a shared 2-core machine two torch threads wait on each other (a
     # BiLSTM forward of one sentence took 480 ms with 2 threads against 1.4 ms with 1).
@@ -335,7 +382,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    runs = train_runs(runs_dir, args.minutes)
+    args.use = dict(item.split("=", 1) for item in args.use)
+    runs = train_runs(runs_dir, args.minutes, args.seq2seq_minutes, args.only,
+                      {recipe: Path(path) for recipe, path in args.use.items()})
     measured = []
     for name, (run_dir, split, metric) in runs.items():
         if args.only and args.only not in name:
