@@ -229,7 +229,7 @@ def test_dpo_under_lora_uses_the_model_with_adapters_off_as_reference(toy):
 
 @pytest.fixture()
 def sun_reward(tmp_path, monkeypatch):
-    """objective.reward_fn=toy_rewards:sun — half a point per "sun" in the reply."""
+    """reward.fn=toy_rewards:sun — half a point per "sun" in the reply."""
     (tmp_path / "toy_rewards.py").write_text(
         "def sun(prompts, replies):\n    return [reply.split().count('sun') / 2 for reply in replies]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -239,7 +239,7 @@ def sun_reward(tmp_path, monkeypatch):
 
 
 def _rl_overrides(toy, prompts, steps):
-    return [f"data.train={prompts}", f"model.init_from={toy['sft']}", "objective.reward_fn=toy_rewards:sun",
+    return [f"data.train={prompts}", f"model.init_from={toy['sft']}", "reward.fn=toy_rewards:sun",
             "objective.max_new_tokens=3", "data.valid_fraction=0.2", f"trainer.max_steps={steps}",
             "trainer.lr=0.003", f"trainer.eval_every={steps}", "trainer.batch_size=6", *TINY]
 
@@ -275,8 +275,21 @@ def test_reward_run_with_another_tokenizer(toy, sun_reward, tmp_path):
     other = tmp_path / "other-rm"
     other.mkdir()
     Tokenizer.train(["completely different text"], kind="char").save(other / "tokenizer.json")
-    overrides = [o for o in _rl_overrides(toy, sun_reward, 2) if not o.startswith("objective.reward_fn")]
+    overrides = [o for o in _rl_overrides(toy, sun_reward, 2) if not o.startswith("reward.fn")]
     with pytest.raises(ConfigError, match="the reward run's tokenizer differs from the policy's"):
-        train(load_config("ppo", [*overrides, f"objective.reward_from={other}"]), run_dir=tmp_path / "run")
-    with pytest.raises(ConfigError, match="exactly one of objective.reward_from"):
+        train(load_config("ppo", [*overrides, f"reward.from={other}"]), run_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="exactly one of reward.from"):
         train(load_config("ppo", overrides), run_dir=tmp_path / "run")
+
+
+def test_reward_section_is_the_objectives_reward_keys(tmp_path):
+    from seqlab.train.config import ConfigError
+
+    config = load_config("ppo", ["data.train=p.txt", f"reward.from={tmp_path}"])
+    assert config.objective["reward_from"] == str(tmp_path) and "reward" not in config.to_dict()
+    same = load_config("ppo", ["data.train=p.txt", f"objective.reward_from={tmp_path}"])
+    assert same.objective == config.objective
+    with pytest.raises(ConfigError, match="unknown key reward.form"):
+        load_config("ppo", ["data.train=p.txt", "reward.form=x"])
+    with pytest.raises(ConfigError, match="reward.fn=a:b and objective.reward_fn=c:d disagree"):
+        load_config("ppo", ["data.train=p.txt", "reward.fn=a:b", "objective.reward_fn=c:d"])

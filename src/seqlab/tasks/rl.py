@@ -2,8 +2,8 @@
 
 Both start from a chat model (``model.init_from=SFT_RUN``) and read prompts from ``data.train``
 (``{"prompt": ...}`` JSONL, or a text file with one prompt per line). The reward of a reply is
-given by a reward-model run (``objective.reward_from=RUN``, scored at the reply's last token)
-or by a Python function (``objective.reward_fn=MODULE:FUNCTION``, called as
+given by a reward-model run (``reward.from=RUN``, scored at the reply's last token)
+or by a Python function (``reward.fn=MODULE:FUNCTION``, called as
 ``function(prompts, replies) -> list of floats``).
 
 Each rollout batch runs inside the ordinary training loop: an epoch's batch keys are
@@ -175,19 +175,19 @@ class RLTask(DPOTask):
     def _check_reward(self) -> None:
         o = self.objective
         if (o.reward_from is None) == (o.reward_fn is None):
-            raise ConfigError("give exactly one of objective.reward_from=REWARD_RUN (a reward-model run) "
-                              "or objective.reward_fn=MODULE:FUNCTION")
+            raise ConfigError("give exactly one of reward.from=REWARD_RUN (a reward-model run) "
+                              "or reward.fn=MODULE:FUNCTION")
         if o.reward_from is not None:
             from seqlab.data.tokenizers import Tokenizer
 
             tokenizer_file = Path(o.reward_from) / "tokenizer.json"
             if not tokenizer_file.is_file():
-                raise ConfigError(f"objective.reward_from={o.reward_from} is not a reward-model run "
+                raise ConfigError(f"reward.from={o.reward_from} is not a reward-model run "
                                   f"(no tokenizer.json)")
             theirs = Tokenizer.load(tokenizer_file)
             if theirs.get_vocab() != self.tokenizer.get_vocab():
                 raise ConfigError(
-                    f"objective.reward_from={o.reward_from}: the reward run's tokenizer differs from "
+                    f"reward.from={o.reward_from}: the reward run's tokenizer differs from "
                     f"the policy's ({theirs.vocab_size} vs {self.tokenizer.vocab_size} tokens), so it "
                     f"would read other text than the policy writes; train the reward model with "
                     f"model.init_from=SFT_RUN, the run the policy starts from"
@@ -201,7 +201,7 @@ class RLTask(DPOTask):
         try:
             function = getattr(importlib.import_module(module_name), name)
         except (ImportError, AttributeError, ValueError) as exc:
-            raise ConfigError(f"objective.reward_fn={spec}: cannot import it ({exc}); give MODULE:FUNCTION "
+            raise ConfigError(f"reward.fn={spec}: cannot import it ({exc}); give MODULE:FUNCTION "
                               f"with MODULE importable") from None
         return function
 
@@ -214,7 +214,7 @@ class RLTask(DPOTask):
             texts = [self.template.decode_reply(reply) for reply in replies]
             values = list(self._reward_function()([p[-1]["content"] for p in prompts], texts))
             if len(values) != len(texts):
-                raise ValueError(f"objective.reward_fn={o.reward_fn} returned {len(values)} rewards "
+                raise ValueError(f"reward.fn={o.reward_fn} returned {len(values)} rewards "
                                  f"for {len(texts)} replies; it should return one number per reply")
             return torch.tensor([float(v) for v in values], device=device)
         if self.reward_model is None:
@@ -334,7 +334,7 @@ class RLTask(DPOTask):
 @register_task
 class PPOTask(RLTask):
     name = "ppo"
-    summary = "PPO against a reward model or function (model.init_from=SFT_RUN objective.reward_from=RM_RUN)"
+    summary = "PPO against a reward model or function (model.init_from=SFT_RUN reward.from=RM_RUN)"
     ObjectiveConfig = PPOObjective
     head_modules = ("value",)
 

@@ -7,6 +7,7 @@ A run config has four sections and two names::
     data:    {...}               # validated by the task's DataConfig
     model:   {...}               # validated by the task's ModelConfig (+ init_from, any task)
     objective: {...}             # validated by the task's ObjectiveConfig (pre-training)
+    reward: {from | fn}          # ppo / grpo: objective.reward_from / reward_fn, by their names
     trainer: {...}               # TrainerConfig below (same for every task)
     tune: {...}                  # TuneConfig below: which weights train (with model.init_from)
     predict: {...}               # validated by the task's PredictConfig
@@ -181,6 +182,32 @@ class RunConfig(StrictModel):
     # The `key=value` overrides given on the command line (sizes given there must agree with a
     # pre-trained model's); not part of the saved config.
     overrides: list[str] = Field(default_factory=list, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reward_section(cls, data: Any) -> Any:
+        """`reward.from=RUN` / `reward.fn=MODULE:FUNCTION` (ppo, grpo) are the objective's
+        `reward_from` / `reward_fn`: one setting under two names, saved under the objective."""
+        if not isinstance(data, dict) or data.get("reward") is None:
+            return data
+        data = dict(data)
+        reward = data.pop("reward")
+        if not isinstance(reward, dict):
+            raise ValueError(f"reward should be a section (reward.from=RUN or reward.fn=MODULE:"  # noqa: TRY004 (pydantic reports ValueError)
+                             f"FUNCTION), got {reward!r}")
+        unknown = sorted(set(reward) - {"from", "fn"})
+        if unknown:
+            raise ValueError(f"unknown key reward.{unknown[0]}; the reward section takes "
+                             f"reward.from=REWARD_RUN or reward.fn=MODULE:FUNCTION")
+        objective = dict(data.get("objective") or {})
+        for key, value in reward.items():
+            name = f"reward_{key}"
+            if objective.get(name) not in (None, value):
+                raise ValueError(f"reward.{key}={value} and objective.{name}={objective[name]} "
+                                 f"disagree; give one of them")
+            objective[name] = value
+        data["objective"] = objective
+        return data
 
     @model_validator(mode="after")
     def _check_task(self) -> RunConfig:
