@@ -253,6 +253,31 @@ def test_ppo_first_epoch_ratio_one_and_no_kl(toy, sun_reward):
     assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy is still the reference
 
 
+@pytest.mark.parametrize("recipe", ["ppo", "grpo"])
+def test_rl_run_cut_in_the_middle_of_a_rollout_resumes_to_identical_metrics(toy, sun_reward, recipe):
+    # Two PPO epochs x two minibatches: 4 optimiser steps per rollout; the cut falls after the
+    # 3rd, so the checkpoint must hold the rollout (sampled from weights since changed).
+    overrides = _rl_overrides(toy, sun_reward, 8) + [
+        "objective.epochs=2", "objective.num_minibatches=2", "trainer.save_every=3",
+        "trainer.log_every=1"] + (["objective.group_size=2"] if recipe == "grpo" else [])
+    whole, cut = toy["root"] / f"{recipe}-whole", toy["root"] / f"{recipe}-cut"
+    train(load_config(recipe, overrides), run_dir=whole)
+    train(load_config(recipe, overrides), run_dir=cut, stop_after_step=3)
+    train(load_config(recipe, overrides), run_dir=cut, resume=True)
+    logs = [[json.loads(line) for line in (run / "rl.jsonl").read_text().splitlines()]
+            for run in (whole, cut)]
+    assert len(logs[0]) == len(logs[1]) == 8
+    for a, b in zip(*logs):
+        assert a.keys() == b.keys()
+        assert [a[k] for k in a] == pytest.approx([b[k] for k in b], rel=1e-5, abs=1e-6)
+    metrics = [[json.loads(line)["metrics"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+               for run in (whole, cut)]
+    assert len(metrics[0]) == len(metrics[1])
+    for a, b in zip(*metrics):
+        assert a.keys() == b.keys()
+        assert [a[k] for k in a] == pytest.approx([b[k] for k in b], rel=1e-5, abs=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["ppo", "grpo"])
 def test_ppo_and_grpo_raise_the_reward(toy, sun_reward, recipe):

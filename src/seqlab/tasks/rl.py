@@ -29,8 +29,9 @@ reference is a loss term (k3 estimator) instead of a reward penalty:
 Validation samples one reply per validation prompt (seeded) and reports ``reward`` (mean score),
 ``kl`` (mean summed log-ratio to the reference), ``length`` and ``distinct_2``. The training
 figures of every optimiser step (reward, KL, entropy, clip fraction, approx KL, value loss) go
-to ``rl.jsonl`` in the run directory. A resumed run continues exactly when it was saved at a
-rollout boundary (``trainer.save_every`` a multiple of the steps per rollout).
+to ``rl.jsonl`` in the run directory. The rollout being trained on is the step's carried state,
+so a checkpoint taken in the middle of a rollout holds it, and a resumed run continues with the
+same samples and reaches the same metrics.
 """
 
 from __future__ import annotations
@@ -290,6 +291,8 @@ class RLTask(DPOTask):
 
     def training_step(self, model, batch, carry):
         rollout_key = batch["rollout"]
+        if carry is not None and self.rollout is None:  # resumed in the middle of a rollout
+            self.rollout = (tuple(carry["prompts"].tolist()), carry["data"])
         if self.rollout is None or self.rollout[0] != rollout_key or (
                 batch["ppo_epoch"] == 0 and batch["minibatch"] == 0):
             self.rollout = (rollout_key, self.make_rollout(model, rollout_key))
@@ -300,7 +303,9 @@ class RLTask(DPOTask):
         minibatch = {name: value[rows] for name, value in data.items()}
         loss, metrics = self.loss(model, minibatch)
         self._log({"ppo_epoch": batch["ppo_epoch"], "reward": data["scores"].mean(), **metrics})
-        return StepOutput(loss, int(minibatch["inputs"].size(0)))
+        # The rollout is carried (and checkpointed) until its last minibatch is trained on.
+        carry = {"prompts": torch.tensor(rollout_key), "data": data}
+        return StepOutput(loss, int(minibatch["inputs"].size(0)), carry=carry)
 
     @torch.no_grad()
     def evaluate(self, model, split, batch_size, device, max_batches=None):

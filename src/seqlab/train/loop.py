@@ -55,13 +55,21 @@ class FitResult:
     elapsed: float = 0.0
 
 
-def detach_carry(carry: Any) -> Any:
-    """Cut the autograd graph of a carried state (tensor, tuple or list of tensors, or None)."""
-    if carry is None:
-        return None
+def map_carry(function, carry: Any) -> Any:
+    """`function` applied to every tensor of a carried state (a tensor, or a tuple, list or dict
+    of them, nested; other values and None pass through)."""
     if isinstance(carry, torch.Tensor):
-        return carry.detach()
-    return type(carry)(detach_carry(c) for c in carry)
+        return function(carry)
+    if isinstance(carry, dict):
+        return {key: map_carry(function, value) for key, value in carry.items()}
+    if isinstance(carry, (tuple, list)):
+        return type(carry)(map_carry(function, c) for c in carry)
+    return carry
+
+
+def detach_carry(carry: Any) -> Any:
+    """Cut the autograd graph of a carried state (see :func:`map_carry`)."""
+    return map_carry(torch.Tensor.detach, carry)
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -196,9 +204,7 @@ def fit(
         best_metrics = counters["best_metrics"]
         window_loss, window_count = counters["window"]
         elapsed_before = counters["elapsed"]
-        carry = state.get("carry")
-        if carry is not None:
-            carry = type(carry)(c.to(device) for c in carry) if not isinstance(carry, torch.Tensor) else carry.to(device)
+        carry = map_carry(lambda t: t.to(device), state.get("carry"))
         set_rng_state(state["rng"])
         if counters.get("finished") and not (step < total_steps and epoch < cfg.epochs):
             # Nothing left to do, unless the resumed config asks for more steps or epochs.
