@@ -196,7 +196,11 @@ def watch(joey: dict, seqlab: dict, minutes: float) -> None:
                 joey["started"] = time.monotonic()
             if joey["started"] is not None and time.monotonic() - joey["started"] > 60 * minutes:
                 joey["process"].send_signal(signal.SIGINT)
-                joey["process"].wait()
+                try:
+                    joey["process"].wait(timeout=300)
+                except subprocess.TimeoutExpired:
+                    joey["process"].kill()
+                    sys.exit("Joey NMT did not stop within 5 minutes of its interrupt; killed")
     for name, side in (("Joey NMT", joey), ("seqlab", seqlab)):
         log = Path(side["log"]).read_text(errors="replace")
         code = side["process"].returncode
@@ -286,9 +290,17 @@ def main() -> None:
                         help="extra overrides for the seqlab recipe (to try a setting)")
     parser.add_argument("--keep", type=Path, help="keep runs and logs in this directory")
     parser.add_argument("--write", action="store_true", help="append the table to RESULTS.md")
+    parser.add_argument("--score-only", action="store_true",
+                        help="only decode and score the runs already in --keep (no training)")
     args = parser.parse_args()
+    # A shell that starts this script in the background ignores SIGINT, and an ignored signal
+    # stays ignored in the children: Joey could then not be interrupted. A handled one is reset
+    # to the default in them.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if not args.data.is_dir():
         sys.exit(f"no data at {args.data}; pass --data DIR (Multi30k's train / val / test_2016_flickr)")
+    if args.score_only and args.keep is None:
+        sys.exit("--score-only scores the runs kept by an earlier --keep DIR; give that --keep DIR")
     check = subprocess.run([args.joey_python, "-c", "import joeynmt"], check=False,
                            capture_output=True, text=True)
     if check.returncode != 0:
@@ -304,13 +316,18 @@ def main() -> None:
         sources = (plain / f"{SPLITS['test']}.{args.source}").read_text(encoding="utf-8").splitlines()
         references = (plain / f"{SPLITS['test']}.{args.target}").read_text(encoding="utf-8").splitlines()
         for round_ in range(args.rounds):
-            if round_ % 2 == 0:
+            if args.score_only:
+                joey = {"config": work / f"joey-{round_}.yaml", "directory": work / f"joey-{round_}",
+                        "log": str(work / f"joey-{round_}.log")}
+                seqlab = {"directory": work / f"seqlab-{round_}"}
+            elif round_ % 2 == 0:
                 joey = start_joey(args.joey_python, plain, work, round_, args)
                 seqlab = start_seqlab(plain, work, round_, args)
             else:
                 seqlab = start_seqlab(plain, work, round_, args)
                 joey = start_joey(args.joey_python, plain, work, round_, args)
-            watch(joey, seqlab, args.minutes)
+            if not args.score_only:
+                watch(joey, seqlab, args.minutes)
             result = {"Joey NMT 2.3.0": joey_facts(joey), "seqlab": seqlab_facts(seqlab["directory"])}
             for beam in (1, 5):
                 hyps, seconds = decode_joey(args.joey_python, plain, work, joey, args, beam)

@@ -1,6 +1,6 @@
 """Decoding: greedy, sampling (temperature / top-k / top-p), beam search; BLEU / chrF."""
 
-from seqlab.decode.beam import beam_search, gnmt_length_penalty
+from seqlab.decode.beam import beam_search, best_outputs, gnmt_length_penalty
 from seqlab.decode.greedy import StepModel, greedy_decode, max_output_lengths
 from seqlab.decode.kv_cache import KVCache, LayerKVCache
 from seqlab.decode.sampling import filter_top_k, filter_top_p, sample_next_token
@@ -11,6 +11,7 @@ __all__ = [
     "LayerKVCache",
     "StepModel",
     "beam_search",
+    "best_outputs",
     "bleu",
     "chrf",
     "exact_match",

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from seqlab.decode.greedy import StepModel, max_output_lengths
+from seqlab.decode.greedy import StepModel, greedy_decode, max_output_lengths
 
 __all__ = ["beam_search", "gnmt_length_penalty"]
 
@@ -146,3 +146,26 @@ def beam_search(
         )
         results.append(ranked[:nbest])
     return results
+
+
+def best_outputs(
+    model: StepModel,
+    src: torch.Tensor,
+    src_lengths: torch.Tensor,
+    bos_id: int,
+    eos_id: int,
+    beam_size: int = 1,
+    length_penalty: float = 1.0,
+    max_length: int | None = None,
+    max_length_ratio: float = 2.0,
+) -> list[list[int]]:
+    """The best output tokens of each input: :func:`greedy_decode` for ``beam_size`` 1 (one
+    batched step per position, no beams to keep), else the first of :func:`beam_search`'s."""
+    if beam_size == 1:
+        results = greedy_decode(model, src, src_lengths, bos_id, eos_id, max_length=max_length,
+                                max_length_ratio=max_length_ratio)
+        return [tokens for tokens, _ in results]
+    results = beam_search(model, src, src_lengths, bos_id, eos_id, beam_size=beam_size,
+                          length_penalty=length_penalty, max_length=max_length,
+                          max_length_ratio=max_length_ratio)
+    return [nbest[0][0] for nbest in results]

@@ -222,26 +222,15 @@ class CaptionTask(Task):
 
     def _decode(self, model, images: torch.Tensor, beam_size: int) -> list[str]:
         """Captions of images (N, 3, P, P): greedy for beam_size 1, else beam search."""
-        from seqlab.decode import beam_search, greedy_decode
+        from seqlab.decode import best_outputs
 
         p, t = self.predict_config, self.tokenizer
         # The decoders size their length caps from source lengths; an image has none, so every
         # image gets `max_length` steps and the lengths are placeholders.
         lengths = torch.ones(images.size(0), dtype=torch.long, device=images.device)
-        if beam_size == 1:
-            results = greedy_decode(model, images, lengths, t.bos_id, t.eos_id, p.max_length)
-            return [t.decode(tokens) for tokens, _ in results]
-        results = beam_search(
-            model,
-            images,
-            lengths,
-            t.bos_id,
-            t.eos_id,
-            beam_size=beam_size,
-            length_penalty=p.length_penalty,
-            max_length=p.max_length,
-        )
-        return [t.decode(nbest[0][0]) for nbest in results]
+        return [t.decode(tokens) for tokens in best_outputs(
+            model, images, lengths, t.bos_id, t.eos_id, beam_size=beam_size,
+            length_penalty=p.length_penalty, max_length=p.max_length)]
 
     @torch.no_grad()
     def evaluate(self, model, split, batch_size, device, max_batches=None):

@@ -283,27 +283,12 @@ class TranslateTask(Task):
         return StepOutput(out.loss, tokens)
 
     def _decode(self, model, src, src_lengths, beam_size: int) -> list[list[int]]:
-        from seqlab.decode import beam_search, greedy_decode
+        from seqlab.decode import best_outputs
 
         p, t = self.predict_config, self.tokenizer
-        if beam_size == 1:
-            results = greedy_decode(
-                model, src, src_lengths, t.bos_id, t.eos_id, max_length=p.max_length,
-                max_length_ratio=p.max_length_ratio,
-            )
-            return [tokens for tokens, _ in results]
-        results = beam_search(
-            model,
-            src,
-            src_lengths,
-            t.bos_id,
-            t.eos_id,
-            beam_size=beam_size,
-            length_penalty=p.length_penalty,
-            max_length=p.max_length,
-            max_length_ratio=p.max_length_ratio,
-        )
-        return [nbest[0][0] for nbest in results]
+        return best_outputs(model, src, src_lengths, t.bos_id, t.eos_id, beam_size=beam_size,
+                            length_penalty=p.length_penalty, max_length=p.max_length,
+                            max_length_ratio=p.max_length_ratio)
 
     @torch.no_grad()
     def evaluate(self, model, split, batch_size, device, max_batches=None):

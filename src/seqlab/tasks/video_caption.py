@@ -244,23 +244,12 @@ class VideoCaptionTask(CaptionTask):
     def _describe(self, model, clips, lengths, beam_size: int) -> list[str]:
         """Captions of clips (N, F, 3, P, P) with lengths (N,): greedy for beam_size 1, else
         beam search, each capped at `predict.max_length` tokens."""
-        from seqlab.decode import beam_search, greedy_decode
+        from seqlab.decode import best_outputs
 
         p, t = self.predict_config, self.tokenizer
-        if beam_size == 1:
-            results = greedy_decode(model, clips, lengths, t.bos_id, t.eos_id, p.max_length)
-            return [t.decode(tokens) for tokens, _ in results]
-        results = beam_search(
-            model,
-            clips,
-            lengths,
-            t.bos_id,
-            t.eos_id,
-            beam_size=beam_size,
-            length_penalty=p.length_penalty,
-            max_length=p.max_length,
-        )
-        return [t.decode(nbest[0][0]) for nbest in results]
+        return [t.decode(tokens) for tokens in best_outputs(
+            model, clips, lengths, t.bos_id, t.eos_id, beam_size=beam_size,
+            length_penalty=p.length_penalty, max_length=p.max_length)]
 
     def _describe_split(self, model, split, batch_size, device, beam_size, count=None):
         """Captions of the split's first `count` clips (all by default), `batch_size` at a time."""
