@@ -170,3 +170,30 @@ def test_predict_settings_are_parsed_like_eval(tmp_path, capsys):
         predict_run(run_dir, ["ein hund"], ["predict.beam_sise=2"])
     with pytest.raises(ConfigError, match="beam_size"):
         predict_run(run_dir, ["ein hund"], ["predict.beam_size=0"])
+
+
+@pytest.mark.parametrize("recipe", ["translate-gru-attn", "translate-transformer"])
+def test_validation_loss_is_the_plain_likelihood_without_label_smoothing(tmp_path, recipe):
+    sizes = (SMALL if recipe == "translate-gru-attn" else
+             ["model.d_model=8", "model.nhead=2", "model.num_layers=1", "model.dim_feedforward=16",
+              "data.min_frequency=1", "trainer.batch_size=4", "trainer.progress=false"])
+    config = load_config(recipe, [f"data.train={_write(tmp_path / 'pairs.tsv')}",
+                                  "data.valid_fraction=0.2", "model.label_smoothing=0.3", *sizes])
+    task = build_task(config)
+    task.prepare()
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    metrics = task.evaluate(model, "valid", 4, torch.device("cpu"))
+    batch = task._collate([task.examples["valid"][i] for i in range(len(task.examples["valid"]))])
+    with torch.no_grad():
+        out = model(batch["src"], batch["src_lengths"], batch["tgt"])
+    targets = batch["tgt"][:, 1:]
+    log_probs = out.logits.log_softmax(-1)
+    nll, count = 0.0, 0
+    for n in range(targets.size(0)):  # -log p(target token), padding left out
+        for t in range(targets.size(1)):
+            if targets[n, t] != task.tokenizer.pad_id:
+                nll -= float(log_probs[n, t, targets[n, t]])
+                count += 1
+    assert metrics["loss"] == pytest.approx(nll / count, rel=1e-5)
+    assert abs(float(out.loss) - nll / count) > 1e-3  # the smoothed training loss is another number

@@ -211,6 +211,17 @@ class Task:
         return []
 
 
+def target_nll(logits: torch.Tensor, tgt: torch.Tensor, pad_id: int) -> tuple[float, int]:
+    """(summed negative log-likelihood, token count) of a decoder's teacher-forced pass:
+    `logits` (N, T-1, V) against `tgt[:, 1:]` (N, T), padding left out. The loss to report and
+    to pick the best checkpoint by; label smoothing, a training device, is not part of it."""
+    targets = tgt[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=pad_id,
+        reduction="sum")
+    return float(nll), int((targets != pad_id).sum())
+
+
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 

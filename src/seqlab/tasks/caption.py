@@ -35,6 +35,7 @@ from seqlab.tasks.base import (
     require_path,
     split_off,
     spread,
+    target_nll,
     to_device,
 )
 
@@ -242,8 +243,8 @@ class CaptionTask(Task):
         for key in spread(eval_batches([len(caption) for _, caption in examples], batch_size), max_batches):
             batch = to_device(self._collate(split, [examples[i] for i in key]), device)
             out = model(batch["images"], batch["tgt"])
-            tokens = int((batch["tgt"][:, 1:] != self.tokenizer.pad_id).sum())
-            total_loss += float(out.loss) * tokens
+            nll, tokens = target_nll(out.logits, batch["tgt"], self.tokenizer.pad_id)
+            total_loss += nll
             total_tokens += tokens
         images = self.images[split]
         hypotheses: list[str] = []

@@ -37,6 +37,7 @@ from seqlab.tasks.base import (
     shard_batches,
     split_off,
     spread,
+    target_nll,
     to_device,
 )
 
@@ -301,8 +302,8 @@ class TranslateTask(Task):
         for key in spread(eval_batches([len(src) for src, _ in examples], batch_size), max_batches):
             batch = to_device(self._collate([examples[i] for i in key]), device)
             out = model(batch["src"], batch["src_lengths"], batch["tgt"])
-            tokens = int((batch["tgt"][:, 1:] != self.tokenizer.pad_id).sum())
-            total_loss += float(out.loss) * tokens
+            nll, tokens = target_nll(out.logits, batch["tgt"], self.tokenizer.pad_id)
+            total_loss += nll
             total_tokens += tokens
             decoded = self._decode(
                 model, batch["src"], batch["src_lengths"], self.predict_config.eval_beam_size

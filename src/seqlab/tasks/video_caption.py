@@ -38,6 +38,7 @@ from seqlab.tasks.base import (
     require_path,
     split_off,
     spread,
+    target_nll,
     to_device,
 )
 from seqlab.tasks.caption import CaptionModel, CaptionTask, _equal_counts
@@ -272,8 +273,8 @@ class VideoCaptionTask(CaptionTask):
         for key in spread(eval_batches(lengths, batch_size), max_batches):
             batch = to_device(self._collate(split, [examples[i] for i in key]), device)
             out = model(batch["clips"], batch["lengths"], batch["tgt"])
-            tokens = int((batch["tgt"][:, 1:] != self.tokenizer.pad_id).sum())
-            total_loss += float(out.loss) * tokens
+            nll, tokens = target_nll(out.logits, batch["tgt"], self.tokenizer.pad_id)
+            total_loss += nll
             total_tokens += tokens
         count = None if max_batches is None else max_batches * batch_size
         beam_size = self.predict_config.eval_beam_size
