@@ -148,7 +148,8 @@ def joey_config(plain: Path, model_dir: Path, args, beam_size: int = 1, dev: str
             **training, "random_seed": args.seed, "batch_size": 128, "batch_type": "sentence",
             "eval_batch_size": 64, "eval_batch_type": "sentence", "epochs": 1000,
             "validation_freq": args.eval_every,
-            "logging_freq": min(50, max(1, args.eval_every // 2)),  # Joey: below validation_freq "early_stopping_metric": "ppl",
+            "logging_freq": min(50, max(1, args.eval_every // 2)),  # Joey: below validation_freq
+            "early_stopping_metric": "ppl",
             "model_dir": str(model_dir), "overwrite": True, "shuffle": True, "keep_best_ckpts": 1,
             "print_valid_sents": [],
         },
