@@ -76,11 +76,12 @@ class PredictRequest(BaseModel):
     attention: StrictBool = Field(False, description="seq2seq: greedy decoding's attention")
 
 
-class GenerateRequest(BaseModel):
+class SamplingRequest(BaseModel):
+    """The keys /v1/generate and /v1/chat share: which model, how to sample, whether to stream."""
+
     model_config = ConfigDict(extra="forbid")
 
     model: StrictStr | None = None
-    prompt: StrictStr
     max_new_tokens: StrictInt | None = Field(
         None, ge=0, description="default: the run's predict.max_new_tokens, within the limit")
     temperature: float | None = Field(None, ge=0, description="default: the run's predict.temperature")
@@ -88,6 +89,10 @@ class GenerateRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     seed: StrictInt | None = None
     stream: StrictBool = True
+
+
+class GenerateRequest(SamplingRequest):
+    prompt: StrictStr
 
 
 class ChatMessage(BaseModel):
@@ -97,20 +102,10 @@ class ChatMessage(BaseModel):
     content: StrictStr
 
 
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: StrictStr | None = None
+class ChatRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(
         description="the conversation so far, oldest first, ending with the user's message; "
                     "a system message may open it")
-    max_new_tokens: StrictInt | None = Field(
-        None, ge=0, description="default: the run's predict.max_new_tokens, within the limit")
-    temperature: float | None = Field(None, ge=0, description="default: the run's predict.temperature")
-    top_k: StrictInt | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0, le=1)
-    seed: StrictInt | None = None
-    stream: StrictBool = True
 
 
 class _BodyLimit:
@@ -277,7 +272,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             raise ApiError(422, "invalid_input", str(exc)) from None
         return result
 
-    def sampling(served: ServedModel, body: GenerateRequest | ChatRequest) -> tuple:
+    def sampling(served: ServedModel, body: SamplingRequest) -> tuple:
         """(max_new_tokens, temperature, top_k, top_p, seed): the request's, else the run's."""
         defaults = served.task.predict_config
         max_new_tokens = body.max_new_tokens

@@ -150,7 +150,6 @@ class ServedModel:
             piece, text = full[len(text):], full
             yield piece
 
-
     def chat(self, messages: list[dict], max_new_tokens: int, temperature: float,
              top_k: int | None, top_p: float | None, seed: int) -> Iterator[str]:
         """A chat model's reply to `messages` as text pieces (the history trimmed to fit its
