@@ -28,6 +28,15 @@ def write_conll(path, sentences=12):
     return path
 
 
+def write_wide_source_pairs(path, pairs=48):
+    """Pairs whose sources use 60 word types and targets 4: with separate vocabularies the
+    source embedding is many times larger than the target one."""
+    lines = [f"w{i % 60} w{(7 * i) % 60} w{(13 * i) % 60}\t{'ab'[i % 2]} {'cd'[i % 3 % 2]}"
+             for i in range(pairs)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def recipes(tmp):
     """name -> (recipe, overrides): one run per exported family."""
     csv = write_classification(tmp / "train.csv")
@@ -54,6 +63,10 @@ def recipes(tmp):
                                                              "model.embedding_dim=4"]),
         "seq2seq-transformer": ("translate-transformer", TINY_TRANSFORMER + REVERSAL + [
             "predict.beam_size=2"]),
+        # separate vocabularies, the source's 6x the target's
+        "seq2seq-transformer-wide-source": ("translate-transformer", TINY_TRANSFORMER + [
+            f"data.train={write_wide_source_pairs(tmp / 'wide.tsv')}", "data.min_frequency=1",
+            "data.valid_fraction=0.2"]),
         "captioner": ("caption-gru", ["data.train_size=24", "data.valid_size=6",
                                       "data.test_size=5", "model.channels=[4,4]",
                                       "model.hidden_size=8", "model.embedding_dim=4",

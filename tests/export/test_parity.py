@@ -110,7 +110,8 @@ def test_greedy_generation_through_onnx_gives_the_same_tokens(runs, name):
 
 
 @pytest.mark.parametrize(
-    "name", ["seq2seq", "seq2seq-luong", "seq2seq-concat", "seq2seq-transformer"])
+    "name", ["seq2seq", "seq2seq-luong", "seq2seq-concat", "seq2seq-transformer",
+             "seq2seq-transformer-wide-source"])
 @pytest.mark.parametrize("length", [1, 4, 9])
 def test_encoder_decoder_steps_and_greedy_tokens_match_torch(runs, name, length):
     task, model, exported = opened(runs, name)

@@ -405,7 +405,9 @@ def _transformer_seq2seq_spec(model):
     decoder_axes.update({name: {0: "batch", 2: "source"} for name in cross_names})
     decoder_axes.update({name: {0: "batch", 2: "past"} for name in past_names})
     decoder_axes.update({name: {0: "batch", 2: "total"} for name in present_names})
-    decoder = (_TransformerDecoderGraph(model), (src[:, 0], memory.padding, *past, *cross),
+    # Example target tokens from the target vocabulary (the source one may be larger).
+    prev_tokens = _ids(model.target_embedding.token.num_embeddings, 3, 1)[:, 0]
+    decoder = (_TransformerDecoderGraph(model), (prev_tokens, memory.padding, *past, *cross),
                ["prev_tokens", "memory_padding", *past_names, *cross_names],
                ["log_probs", *present_names], decoder_axes)
     return {"encoder": encoder, "decoder": decoder}
