@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from seqlab.cli import main
-from seqlab.export import ExportError, export_onnx, predict_export, read_manifest
+from seqlab.export import ExportError, export_onnx, open_export, predict_export, read_manifest
 from seqlab.train.run import evaluate_run, predict_run
 
 TOLERANCE = 1e-4
@@ -104,3 +105,34 @@ def test_captioner_export_predicts_the_runs_captions(runs, tmp_path):
         paths.append(str(tmp_path / f"image{index}.png"))
         Image.fromarray(pixels).save(paths[-1])
     assert predict_export(onnx_dir, paths) == predict_run(run_dir, paths)
+
+
+def test_int8_keeps_gru_matrices_as_int8_with_a_scale_per_row(runs, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from seqlab.export.quantize import quantize_export
+
+    _, onnx_dir = runs["seq2seq"]  # a BiGRU encoder and a GRU decoder
+    manifest = quantize_export(onnx_dir, tmp_path / "int8")
+    for name, graph in manifest["graphs"].items():
+        assert graph["int8_recurrent_matrices"] == 2, name  # W and R of its GRU op
+        floats = {t.name: numpy_helper.to_array(t)
+                  for t in onnx.load(str(onnx_dir / graph["file"])).graph.initializer}
+        quantized = {t.name: numpy_helper.to_array(t)
+                     for t in onnx.load(str(tmp_path / "int8" / graph["file"])).graph.initializer}
+        for key in [k[: -len("_int8")] for k in quantized if k.endswith("_int8")]:
+            q, scale = quantized[f"{key}_int8"], quantized[f"{key}_scale"]
+            assert q.dtype == np.int8 and key not in quantized
+            w = floats[key]  # (directions, gates x hidden, columns)
+            assert np.allclose(scale, np.abs(w).max(axis=(0, 2)) / 127)
+            assert np.abs(q * scale[None, :, None] - w).max() <= scale.max() / 2 + 1e-7
+    # The int8 graphs decode as the float ones do, up to the rounding of the weights.
+    _, task, exported = open_export(onnx_dir)
+    _, _, int8 = open_export(tmp_path / "int8")
+    src, lengths = torch.tensor([[5, 6, 7, 8]]), torch.tensor([4])
+    memory, int8_memory = exported.encode(src, lengths), int8.encode(src, lengths)
+    prev = torch.full((1,), task.tokenizer.bos_id)
+    log_probs, _, _ = exported.step(prev, exported.init_state(memory), memory)
+    int8_log_probs, _, _ = int8.step(prev, int8.init_state(int8_memory), int8_memory)
+    assert (int8_log_probs - log_probs).abs().max() < 0.05

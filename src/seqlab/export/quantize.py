@@ -7,9 +7,12 @@ needs no calibration data:
     y = x W^T  ≈  s_x s_W · (q_x − z_x)(q_W − z_W)^T      (int8 products, int32 sums)
 
 onnxruntime quantises the MatMul / Gemm weights (linear layers, attention projections, output
-heads), the LSTM op's input and recurrent matrices and the Gather of embedding tables; the GRU and
-RNN ops and the normalisations stay in float. A 4-byte float becomes a 1-byte integer, so the
-file shrinks towards a quarter of its size as the quantised matrices dominate it.
+heads), the LSTM op's input and recurrent matrices and the Gather of embedding tables. It has no
+int8 GRU or RNN op, so their matrices are stored weight-only: int8 with one scale per gate row,
+W ≈ s_row · q, turned back into float by a DequantizeLinear node when the session loads (the
+arithmetic of those ops stays float). Normalisations and biases stay in float. A 4-byte float
+becomes a 1-byte integer, so the file shrinks towards a quarter of its size as the quantised
+matrices dominate it.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def quantize_export(source: str | Path, out_dir: str | Path) -> dict:
                                  weight_type=QuantType.QInt8)
             finally:
                 logging.disable(logging.NOTSET)
+            graph["int8_recurrent_matrices"] = _int8_recurrent_weights(path)
             graph["float_bytes"] = float_path.stat().st_size
             graph["bytes"] = path.stat().st_size
             graph["sha256"] = file_sha256(path)
@@ -67,6 +71,48 @@ def quantize_export(source: str | Path, out_dir: str | Path) -> dict:
                 shutil.copyfile(float_dir / name, out_dir / name)
     manifest["quantized"] = True
     manifest["quantization"] = {"method": "onnxruntime.quantize_dynamic", "weight_type": "int8",
-                                "op_types": OP_TYPES}
+                                "op_types": OP_TYPES,
+                                "weight_only": "GRU and RNN matrices, one scale per gate row"}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+def _int8_recurrent_weights(path: Path) -> int:
+    """Store the input and recurrent matrices of the graph's GRU / RNN ops as int8, one scale per
+    gate row (symmetric: s = max |w| / 127 over the row, in every direction), each read back by a
+    DequantizeLinear node. Returns how many matrices changed (the file is rewritten if any)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    dequantize = []
+    for node in graph.node:
+        if node.op_type not in ("GRU", "RNN"):
+            continue
+        for name in node.input[1:3]:  # W (directions, gates x hidden, input), R (..., hidden)
+            tensor = initializers.pop(name, None)
+            if tensor is None or tensor.data_type != onnx.TensorProto.FLOAT:
+                continue
+            weights = numpy_helper.to_array(tensor)
+            scale = np.abs(weights).max(axis=(0, 2)) / 127.0
+            scale[scale == 0] = 1.0
+            q = np.clip(np.round(weights / scale[None, :, None]), -127, 127).astype(np.int8)
+            graph.initializer.remove(tensor)
+            graph.initializer.extend([
+                numpy_helper.from_array(q, f"{name}_int8"),
+                numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+                numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{name}_zero_point"),
+            ])
+            dequantize.append(helper.make_node(
+                "DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
+                [name], name=f"{name}_dequantize", axis=1))
+    if dequantize:
+        nodes = dequantize + list(graph.node)  # first: every later node may read them
+        del graph.node[:]
+        graph.node.extend(nodes)
+        onnx.save(model, str(path))
+    return len(dequantize)
+
