@@ -286,6 +286,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0, help="training time of each side")
     parser.add_argument("--eval-every", type=int, default=100, help="validation every N steps")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--first-round", type=int, default=0,
+                        help="number of the first round (odd: seqlab starts first), to add a "
+                             "round to an earlier run")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--seqlab", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra overrides for the seqlab recipe (to try a setting)")
@@ -316,7 +319,7 @@ def main() -> None:
         plain = write_plain(args.data, work, (args.source, args.target), args.train_pairs)
         sources = (plain / f"{SPLITS['test']}.{args.source}").read_text(encoding="utf-8").splitlines()
         references = (plain / f"{SPLITS['test']}.{args.target}").read_text(encoding="utf-8").splitlines()
-        for round_ in range(args.rounds):
+        for round_ in range(args.first_round, args.first_round + args.rounds):
             if args.score_only:
                 joey = {"config": work / f"joey-{round_}.yaml", "directory": work / f"joey-{round_}",
                         "log": str(work / f"joey-{round_}.log")}
@@ -351,7 +354,8 @@ def main() -> None:
         return statistics.median(values)
 
     lines = [
-        (f"- device: {device_name()}; torch {torch.__version__}; {args.rounds} round(s), medians; "
+        (f"- device: {device_name()}; torch {torch.__version__}; {args.rounds} round(s) from round "
+         f"{args.first_round + 1}, medians; "
          f"{args.minutes:g} minutes of training each, both at once; {args.source} → {args.target}"
          + (f", the first {args.train_pairs} training pairs" if args.train_pairs else "")),
         f"- seqlab: `seqlab train {RECIPES[args.model]}` + {' '.join(args.seqlab) or 'nothing else'}",
@@ -368,7 +372,8 @@ def main() -> None:
             f"| {median(name, 'beam1', 'seconds'):.1f} | {median(name, 'beam5', 'seconds'):.1f} |")
     shared = sorted(set.intersection(*(set(c) for name in curves for c in curves[name])))
     if shared:
-        lines += ["", "Validation BLEU (greedy, each side's own log) at equal steps, round 1:", "",
+        lines += ["", (f"Validation BLEU (greedy, each side's own log) at equal steps, round "
+                  f"{args.first_round + 1}:"), "",
                   "| step | " + " | ".join(str(s) for s in shared) + " |",
                   "|---|" + "---:|" * len(shared)]
         for name in curves:
