@@ -3,7 +3,7 @@
     seqlab recipes
     seqlab train RECIPE|FILE.yaml [key.sub=value ...] [--run-dir DIR] [--resume RUN_DIR]
     seqlab eval RUN_DIR [data.test=PATH ...]
-    seqlab predict RUN_DIR [TEXT ...]          (reads lines from stdin when no TEXT is given)
+    seqlab predict RUN_DIR [predict.key=value ...] [TEXT ...]   (stdin lines when no TEXT)
     seqlab compare RECIPE|FILE.yaml [key=v1,v2,... ...] [--variant 'NAME: key=v ...'] [--seeds N]
                    [--threshold 'METRIC<VALUE'] [--out DIR] [--resume DIR]
     seqlab embed RUN_DIR [TEXT ...] [--format jsonl|npy] [--out FILE]   (stdin when no TEXT)
@@ -12,7 +12,7 @@
     seqlab quantize RUN_DIR|ONNX_DIR --out DIR         (int8 weights, read by predict / eval / serve)
     seqlab serve RUN_DIR|ONNX_DIR [...] [--host 127.0.0.1] [--port 8000]
     seqlab merge RUN_DIR --out DIR                 (a LoRA run folded into plain weights)
-    seqlab chat RUN_DIR [--temperature T] [--top-p P] [--system TEXT]   (an sft / dpo run)
+    seqlab chat RUN_DIR|ONNX_DIR [--temperature T] [--top-p P] [--system TEXT]   (an sft / dpo run)
 
 Exit status: 0 on success, 2 for usage / config / data / run-directory errors (one line on
 stderr, no traceback), 1 when training stops on a non-finite loss, 130 when interrupted.
