@@ -30,7 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqlab.models.registry import register_model
-from seqlab.models.seq2seq import ATTENTIONS, Bridge, Decoder, DecoderState, _check_choice
+from seqlab.models.seq2seq import (
+    ATTENTIONS,
+    Bridge,
+    Decoder,
+    DecoderState,
+    RecurrentStepMixin,
+    _check_choice,
+)
 
 __all__ = ["Captioner", "CaptionerOutput", "ImageEncoder", "ImageMemory"]
 
@@ -163,7 +170,7 @@ class ImageMemory:
 
 
 @register_model
-class Captioner(nn.Module):
+class Captioner(RecurrentStepMixin, nn.Module):
     r"""CNN encoder + recurrent decoder (optionally attending over image regions), teacher-forced.
 
     .. math::
@@ -259,10 +266,6 @@ class Captioner(nn.Module):
         self.label_smoothing = label_smoothing
         self.pad_id = pad_id
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
     def encode(self, images: torch.Tensor, lengths: torch.Tensor | None = None) -> ImageMemory:
         """Run the CNN: images (N, C_in, P, P) -> :class:`ImageMemory`. `lengths` is ignored."""
         regions, vector = self.encoder(images)  # (N, R, C), (N, C)
@@ -273,21 +276,6 @@ class Captioner(nn.Module):
         vector = memory.vector.unsqueeze(0)  # (1, N, C), a one-layer "final state"
         hidden = self.bridge((vector, vector) if self.is_lstm else vector)  # (L, N, H)
         return self.decoder.initial_state(hidden, memory.vector.size(0))
-
-    def step(
-        self, prev_tokens: torch.Tensor, state: DecoderState, memory: ImageMemory
-    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
-        """One step: prev_tokens (N,) -> log_probs (N, V), new state, attention (N, R) or None."""
-        logits, state, weights = self.decoder.step(prev_tokens, state, memory)
-        return torch.log_softmax(logits, dim=-1), state, weights
-
-    def reorder_state(self, state: DecoderState, index: torch.Tensor) -> DecoderState:
-        """Decoder state of batch rows `index` (N',) long."""
-        return state.index_select(index)
-
-    def reorder_memory(self, memory: ImageMemory, index: torch.Tensor) -> ImageMemory:
-        """Image memory of batch rows `index` (N',) long."""
-        return memory.index_select(index)
 
     def forward(
         self, images: torch.Tensor, tgt: torch.Tensor, return_attentions: bool = False

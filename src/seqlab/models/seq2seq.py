@@ -40,8 +40,10 @@ __all__ = [
     "DecoderState",
     "Encoder",
     "EncoderMemory",
+    "RecurrentStepMixin",
     "Seq2Seq",
     "Seq2SeqOutput",
+    "StepModelMixin",
 ]
 
 ATTENTIONS = ("none", "bahdanau", "dot", "general", "concat")
@@ -489,8 +491,37 @@ class Decoder(nn.Module):
         return self.out(self.dropout(outputs)), weights  # (N, T, V)
 
 
+class StepModelMixin:
+    """What beam search and the exporters ask of every encoder-decoder beyond ``encode`` /
+    ``init_state`` / ``step``: moving batch rows of its state and memory (both have
+    ``index_select``), and its size."""
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of parameters (shared tensors counted once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def reorder_state(self, state, index: torch.Tensor):
+        """Decoder state (or key/value cache) of batch rows `index` (N',) long."""
+        return state.index_select(index)
+
+    def reorder_memory(self, memory, index: torch.Tensor):
+        """Encoder memory of batch rows `index` (N',) long."""
+        return memory.index_select(index)
+
+
+class RecurrentStepMixin(StepModelMixin):
+    """The step of a model whose ``decoder`` is a recurrent :class:`Decoder`."""
+
+    def step(
+        self, prev_tokens: torch.Tensor, state: DecoderState, memory
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
+        """One step: prev_tokens (N,) -> log_probs (N, V), new state, attention (N, S) or None."""
+        logits, state, weights = self.decoder.step(prev_tokens, state, memory)
+        return torch.log_softmax(logits, dim=-1), state, weights
+
+
 @register_model
-class Seq2Seq(nn.Module):
+class Seq2Seq(RecurrentStepMixin, nn.Module):
     r"""Recurrent encoder-decoder with optional attention, trained with teacher forcing.
 
     .. math::
@@ -623,10 +654,6 @@ class Seq2Seq(nn.Module):
         self.pad_id = pad_id
         self.max_source_length = max_source_length
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of parameters (shared tensors counted once)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> EncoderMemory:
         """Run the encoder: src (N, S), src_lengths (N,) -> :class:`EncoderMemory`."""
         if src.dim() != 2:
@@ -651,21 +678,6 @@ class Seq2Seq(nn.Module):
     def init_state(self, memory: EncoderMemory) -> DecoderState:
         """The decoder's first state, bridged from the encoder's final states."""
         return self.decoder.initial_state(self.bridge(memory.final_state), memory.outputs.size(0))
-
-    def step(
-        self, prev_tokens: torch.Tensor, state: DecoderState, memory: EncoderMemory
-    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
-        """One step: prev_tokens (N,) -> log_probs (N, V), new state, attention (N, S) or None."""
-        logits, state, weights = self.decoder.step(prev_tokens, state, memory)
-        return torch.log_softmax(logits, dim=-1), state, weights
-
-    def reorder_state(self, state: DecoderState, index: torch.Tensor) -> DecoderState:
-        """Decoder state of batch rows `index` (N',) long."""
-        return state.index_select(index)
-
-    def reorder_memory(self, memory: EncoderMemory, index: torch.Tensor) -> EncoderMemory:
-        """Encoder memory of batch rows `index` (N',) long."""
-        return memory.index_select(index)
 
     def _scheduled_sampling(
         self, inputs: torch.Tensor, state: DecoderState, memory: EncoderMemory

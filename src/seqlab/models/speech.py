@@ -39,6 +39,8 @@ from seqlab.models.seq2seq import (
     Decoder,
     DecoderState,
     EncoderMemory,
+    RecurrentStepMixin,
+    StepModelMixin,
     _check_choice,
 )
 from seqlab.models.transformer import TransformerEmbedding, TransformerMemory
@@ -208,7 +210,7 @@ class PyramidalListener(nn.Module):
 
 
 @register_model
-class ListenAttendSpell(nn.Module):
+class ListenAttendSpell(RecurrentStepMixin, nn.Module):
     r"""Listen, Attend and Spell (Chan et al. 2016): a pyramidal listener and an attending speller.
 
     .. math::
@@ -282,10 +284,6 @@ class ListenAttendSpell(nn.Module):
         self.label_smoothing = label_smoothing
         self.pad_id = pad_id
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
     def encode(self, features: torch.Tensor, lengths: torch.Tensor) -> EncoderMemory:
         """Listen: features (N, F, M), lengths (N,) -> :class:`EncoderMemory` over S steps."""
         outputs, steps = self.listener(features, lengths)  # (N, S, He), (N,)
@@ -299,21 +297,6 @@ class ListenAttendSpell(nn.Module):
         vector = memory.final_state  # (1, N, He)
         hidden = self.bridge((vector, vector) if self.is_lstm else vector)  # (1, N, H)
         return self.decoder.initial_state(hidden, memory.outputs.size(0))
-
-    def step(
-        self, prev_tokens: torch.Tensor, state: DecoderState, memory: EncoderMemory
-    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
-        """One step: prev_tokens (N,) -> log_probs (N, V), new state, attention (N, S)."""
-        logits, state, weights = self.decoder.step(prev_tokens, state, memory)
-        return torch.log_softmax(logits, dim=-1), state, weights
-
-    def reorder_state(self, state: DecoderState, index: torch.Tensor) -> DecoderState:
-        """Speller state of batch rows `index` (N',) long."""
-        return state.index_select(index)
-
-    def reorder_memory(self, memory: EncoderMemory, index: torch.Tensor) -> EncoderMemory:
-        """Listener memory of batch rows `index` (N',) long."""
-        return memory.index_select(index)
 
     def forward(
         self,
@@ -385,7 +368,7 @@ class ConvFrontEnd(nn.Module):
 
 
 @register_model
-class SpeechTransformer(nn.Module):
+class SpeechTransformer(StepModelMixin, nn.Module):
     r"""A tiny Whisper-shaped encoder-decoder: conv stem + sinusoids + Transformer, characters out.
 
     .. math::
@@ -460,10 +443,6 @@ class SpeechTransformer(nn.Module):
             if parameter.dim() > 1 and "norm" not in name and "convs" not in name:
                 nn.init.xavier_uniform_(parameter)
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of parameters (the tied output matrix counted once)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
     def _encode(self, features: torch.Tensor, lengths: torch.Tensor) -> TransformerMemory:
         lengths = _check_features(features, lengths, self.n_mels)
         x, steps = self.front(features, lengths)  # (N, S, E), (N,)
@@ -498,14 +477,6 @@ class SpeechTransformer(nn.Module):
             position_offset=offset, memory_key_values=memory.key_values,
         )  # (N, 1, E)
         return torch.log_softmax(self.out(hidden[:, 0]), dim=-1), state, None
-
-    def reorder_state(self, state: KVCache, index: torch.Tensor) -> KVCache:
-        """Cache of batch rows `index` (N',) long."""
-        return state.index_select(index)
-
-    def reorder_memory(self, memory: TransformerMemory, index: torch.Tensor) -> TransformerMemory:
-        """Encoder memory of batch rows `index` (N',) long."""
-        return memory.index_select(index)
 
     def forward(
         self,

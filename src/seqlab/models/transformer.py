@@ -33,7 +33,7 @@ from torch import nn
 
 from seqlab.models.outputs import ClassifierOutput, LMOutput, TaggerOutput
 from seqlab.models.registry import register_model
-from seqlab.models.seq2seq import Seq2SeqOutput
+from seqlab.models.seq2seq import Seq2SeqOutput, StepModelMixin
 from seqlab.nn.positional import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
@@ -622,7 +622,7 @@ class TransformerAttentions:
 
 
 @register_model
-class TransformerSeq2Seq(nn.Module):
+class TransformerSeq2Seq(StepModelMixin, nn.Module):
     r"""Encoder-decoder Transformer for translation (Vaswani et al. 2017), trained with teacher
     forcing and searched with the step API of :class:`seqlab.models.Seq2Seq`.
 
@@ -719,10 +719,6 @@ class TransformerSeq2Seq(nn.Module):
             if parameter.dim() > 1 and "norm" not in name:
                 nn.init.xavier_uniform_(parameter)
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of parameters (shared tensors counted once)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
     def _encode(self, src, src_lengths, need_weights=False):
         if src.dim() != 2:
             raise ValueError(f"src should be (N, S) token ids, got shape {tuple(src.shape)}")
@@ -765,14 +761,6 @@ class TransformerSeq2Seq(nn.Module):
         )  # (N, 1, E); one query after the cached past needs no causal mask
         logits = self.out(hidden[:, 0])  # (N, V)
         return torch.log_softmax(logits, dim=-1), state, None
-
-    def reorder_state(self, state: KVCache, index: torch.Tensor) -> KVCache:
-        """Cache of batch rows `index` (N',) long."""
-        return state.index_select(index)
-
-    def reorder_memory(self, memory: TransformerMemory, index: torch.Tensor) -> TransformerMemory:
-        """Encoder memory of batch rows `index` (N',) long."""
-        return memory.index_select(index)
 
     def _decode(self, inputs, memory, need_weights=False):
         target_padding = inputs == self.pad_id  # (N, T-1)

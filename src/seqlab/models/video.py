@@ -43,6 +43,7 @@ from seqlab.models.seq2seq import (
     Decoder,
     DecoderState,
     EncoderMemory,
+    RecurrentStepMixin,
     Seq2SeqOutput,
     _check_choice,
     _merge,
@@ -241,7 +242,7 @@ class VideoEncoder(nn.Module):
 
 
 @register_model
-class VideoCaptioner(nn.Module):
+class VideoCaptioner(RecurrentStepMixin, nn.Module):
     r"""Frame CNN + temporal encoder + recurrent decoder attending over frames, teacher-forced.
 
     .. math::
@@ -374,10 +375,6 @@ class VideoCaptioner(nn.Module):
         self.label_smoothing = label_smoothing
         self.pad_id = pad_id
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
     def encode(self, clips: torch.Tensor, lengths: torch.Tensor) -> EncoderMemory:
         """Run the encoder: clips (N, F, C_in, P, P), lengths (N,) -> :class:`EncoderMemory`."""
         lengths = lengths.to(device=clips.device, dtype=torch.long)
@@ -399,21 +396,6 @@ class VideoCaptioner(nn.Module):
     def init_state(self, memory: EncoderMemory) -> DecoderState:
         """The decoder's first state, s_0 = tanh(W_s h_n + b_s) (and c_0 likewise for an LSTM)."""
         return self.decoder.initial_state(self.bridge(memory.final_state), memory.outputs.size(0))
-
-    def step(
-        self, prev_tokens: torch.Tensor, state: DecoderState, memory: EncoderMemory
-    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor | None]:
-        """One step: prev_tokens (N,) -> log_probs (N, V), new state, attention (N, F) or None."""
-        logits, state, weights = self.decoder.step(prev_tokens, state, memory)
-        return torch.log_softmax(logits, dim=-1), state, weights
-
-    def reorder_state(self, state: DecoderState, index: torch.Tensor) -> DecoderState:
-        """Decoder state of batch rows `index` (N',) long."""
-        return state.index_select(index)
-
-    def reorder_memory(self, memory: EncoderMemory, index: torch.Tensor) -> EncoderMemory:
-        """Encoder memory of batch rows `index` (N',) long."""
-        return memory.index_select(index)
 
     def forward(
         self,
