@@ -120,10 +120,14 @@ def test_dpo_resumes_to_identical_metrics(toy):
     train(load_config("dpo", overrides), run_dir=whole)
     train(load_config("dpo", overrides), run_dir=cut, stop_after_step=2)
     train(load_config("dpo", overrides), run_dir=cut, resume=True)
-    lines = [[json.loads(line)["metrics"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-             for run in (whole, cut)]
-    assert len(lines[0]) == len(lines[1])
-    for a, b in zip(*lines):
+    _assert_same_records(*([json.loads(line)["metrics"] for line in
+                             (run / "metrics.jsonl").read_text().splitlines()] for run in (whole, cut)))
+
+
+def _assert_same_records(first: list[dict], second: list[dict]) -> None:
+    """The two runs logged the same records, key for key, within float noise."""
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
         assert a.keys() == b.keys()
         assert [a[k] for k in a] == pytest.approx([b[k] for k in b], rel=1e-5, abs=1e-6)
 
@@ -266,16 +270,10 @@ def test_rl_run_cut_in_the_middle_of_a_rollout_resumes_to_identical_metrics(toy,
     train(load_config(recipe, overrides), run_dir=cut, resume=True)
     logs = [[json.loads(line) for line in (run / "rl.jsonl").read_text().splitlines()]
             for run in (whole, cut)]
-    assert len(logs[0]) == len(logs[1]) == 8
-    for a, b in zip(*logs):
-        assert a.keys() == b.keys()
-        assert [a[k] for k in a] == pytest.approx([b[k] for k in b], rel=1e-5, abs=1e-6)
-    metrics = [[json.loads(line)["metrics"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-               for run in (whole, cut)]
-    assert len(metrics[0]) == len(metrics[1])
-    for a, b in zip(*metrics):
-        assert a.keys() == b.keys()
-        assert [a[k] for k in a] == pytest.approx([b[k] for k in b], rel=1e-5, abs=1e-6)
+    assert len(logs[0]) == 8
+    _assert_same_records(*logs)
+    _assert_same_records(*([json.loads(line)["metrics"] for line in
+                             (run / "metrics.jsonl").read_text().splitlines()] for run in (whole, cut)))
 
 
 @pytest.mark.slow
