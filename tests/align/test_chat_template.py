@@ -76,3 +76,22 @@ def test_stream_reply_stops_at_the_end_of_turn():
     model = CountingLM(30, end_id=3, length=4)
     assert list(stream_reply(model, [2, 5, 6], end_of_turn_id=3, max_new_tokens=20, temperature=0)) == [10, 11, 12, 13]
     assert list(stream_reply(model, [2, 5, 6], end_of_turn_id=3, max_new_tokens=2, temperature=0)) == [10, 11]
+
+
+def test_streamed_reply_holds_a_character_back_until_its_bytes_are_drawn(monkeypatch):
+    from types import SimpleNamespace
+
+    from seqlab.train.config import load_config
+    from seqlab.train.run import build_task
+
+    task = build_task(load_config("sft", ["data.train=unused.jsonl"]))
+    # Byte-level BPE that never saw "é": its two bytes are two tokens.
+    task.tokenizer = Tokenizer.train(["the cafe is ok and the tea is hot"] * 20, kind="bpe",
+                                     vocab_size=300)
+    reply = task.template.content("café ok")
+    assert "\ufffd" in task.tokenizer.decode(reply[:2])  # half a character after two tokens
+    monkeypatch.setattr("seqlab.align.stream_reply", lambda *args, **kwargs: iter(reply))
+    pieces = list(task.reply_pieces(SimpleNamespace(max_length=64),
+                                    [{"role": "user", "content": "hi"}]))
+    assert "".join(pieces) == "café ok" and len(pieces) > 1
+    assert not any("\ufffd" in piece for piece in pieces)
