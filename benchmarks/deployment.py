@@ -282,6 +282,8 @@ def serve_and_load(run_dir: Path, texts: list[str], clients: int, requests: int,
     results = {}
     for label, options in (("on-the-fly batching (5 ms, 32)", ["--max-batch-size", "32",
                                                                "--batch-window-ms", "5"]),
+                           ("waiting requests only (0 ms, 32)", ["--max-batch-size", "32",
+                                                                 "--batch-window-ms", "0"]),
                            ("no batching", ["--max-batch-size", "1", "--batch-window-ms", "0"])):
         port = free_port()
         command = "import sys; from seqlab.cli import main; sys.exit(main())"
@@ -348,7 +350,8 @@ def report(measured: list[dict], load: dict, args, threads: int) -> str:
                   "| model | requests | server | requests/s | p50 ms | p99 ms | errors | lost |",
                   "|---|---:|---|---:|---:|---:|---:|---:|"]
         for model, count in (("classifier", args.requests), ("seq2seq", args.requests // 4)):
-            for label in ("on-the-fly batching (5 ms, 32)", "no batching"):
+            for label in ("on-the-fly batching (5 ms, 32)", "waiting requests only (0 ms, 32)",
+                          "no batching"):
                 r = load[model][label]
                 lines.append(f"| {model} | {count} | {label} | {r['throughput']:.1f} | "
                              f"{r['p50']:.0f} | {r['p99']:.0f} | {r['errors']} | {r['lost']} |")

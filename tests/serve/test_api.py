@@ -335,3 +335,27 @@ def test_transformer_seq2seq_attention_map(served_runs):
     expected = maps.decoder_cross[-1][0].mean(dim=0)  # last decoder layer, heads averaged
     assert torch.allclose(weights, expected, atol=1e-4)
     assert torch.allclose(weights.sum(-1), torch.ones(len(weights)), atol=1e-3)
+
+
+def test_with_no_window_the_requests_already_waiting_share_a_pass():
+    import asyncio
+
+    from seqlab.serve.batching import Batcher
+
+    calls = []
+
+    def run(inputs):  # a slow pass: the other requests arrive while it runs
+        calls.append(list(inputs))
+        time.sleep(0.2)
+        return [text.upper() for text in inputs]
+
+    async def scenario():
+        batcher = Batcher(run, max_batch_size=8, window=0.0)
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.05)  # the first pass is running
+        rest = [asyncio.ensure_future(batcher.submit([text])) for text in "bcd"]
+        return await first, await asyncio.gather(*rest)
+
+    first, rest = asyncio.run(scenario())
+    assert first == ["A"] and rest == [["B"], ["C"], ["D"]]
+    assert calls == [["a"], ["b", "c", "d"]]  # not one pass each

@@ -1,10 +1,10 @@
 """On-the-fly batching: requests that arrive within a short window share one forward pass.
 
 A request puts its inputs on a queue and waits. One worker per model takes the first waiting
-request, keeps collecting for ``window`` seconds (or until ``max_batch_size`` inputs), runs all
-of their inputs through the model at once in a worker thread, and hands each request its own
-slice of the outputs. Under load a pass serves many requests; alone, a request waits at most
-the window. A request that gives up (timeout, client gone) is dropped before its pass runs.
+request, keeps collecting for ``window`` seconds (or until ``max_batch_size`` inputs), then adds
+the requests already waiting (with a window of 0 only those), runs all of their inputs through
+the model at once in a worker thread, and hands each request its own slice of the outputs. Under
+load a pass serves many requests; alone, a request waits at most the window. A request that gives up (timeout, client gone) is dropped before its pass runs.
 """
 
 from __future__ import annotations
@@ -59,6 +59,16 @@ class Batcher:
             return await self._queue.get()
         return await asyncio.wait_for(self._queue.get(), timeout)
 
+    def _waiting(self) -> _Pending | None:
+        """A request that is already waiting, without waiting for one."""
+        if self._held is not None:
+            pending, self._held = self._held, None
+            return pending
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -67,11 +77,12 @@ class Batcher:
             deadline = loop.time() + self.window
             while count < self.max_batch_size:
                 remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
                 try:
-                    pending = await self._next(remaining)
+                    # Past the window, only requests already waiting join (none is waited for).
+                    pending = await self._next(remaining) if remaining > 0 else self._waiting()
                 except TimeoutError:
+                    break
+                if pending is None:
                     break
                 if count + len(pending.inputs) > self.max_batch_size:
                     self._held = pending  # first in the next pass
