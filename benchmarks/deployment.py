@@ -9,7 +9,8 @@ test of `seqlab serve` with and without on-the-fly batching.
 Runs (each trained for `--minutes` of wall clock, reused from `--runs-dir` when present, or
 taken from `--use RECIPE=RUN_DIR`): MR sentiment with a BiLSTM and with a Transformer encoder
 (accuracy), a BiLSTM tagger of German nouns (token accuracy), a character LSTM and a character
-GPT on Tiny Shakespeare (loss in nats/char), and Multi30k German→English with a BiGRU + Bahdanau
+GPT on Tiny Shakespeare (loss in nats/char), a CNN + GRU captioner of generated shapes (BLEU,
+greedy), and Multi30k German→English with a BiGRU + Bahdanau
 attention and with a Transformer (BLEU, greedy; `--seq2seq-minutes`). The tagging set is made
 from Multi30k's German side, with no download: German capitalises its nouns, so a token is
 tagged `N` when it is capitalised and not the sentence's first, `O` otherwise, and the tagger
@@ -94,6 +95,8 @@ def runs_to_train(minutes: float, seq2seq_minutes: float, work: Path) -> dict:
             f"data.train={text}", "data.valid_fraction=0.1", "data.test_fraction=0.0",
             "trainer.max_steps=600", "trainer.eval_every=200", "trainer.save_every=200",
             *budget], "valid", "loss"),
+        "captioner (generated shapes, CNN + GRU)": ("caption-gru", [
+            "trainer.max_steps=100000", *budget], "test", "bleu"),
         "seq2seq (Multi30k de-en, BiGRU + attention)": ("translate-gru-attn", [
             *multi30k_files, "trainer.epochs=1", "trainer.eval_every=100000"], "test", "bleu"),
         "seq2seq (Multi30k de-en, Transformer)": ("translate-transformer", [
@@ -162,6 +165,14 @@ def workloads(task, model, family: str, batch: int):
             else:
                 model.generate(prompt, 32, temperature=0)
         return generate
+    if family == "captioner":  # greedy captions of test images
+        if not getattr(task, "examples", None):
+            task.prepare(fit_vocab=False)
+        examples = task.examples["test"]
+        images = task._collate("test", [examples[i % len(examples)] for i in range(batch)])["images"]
+        ones = torch.ones(batch, dtype=torch.long)
+        return lambda: greedy_decode(model, images, ones, tokenizer.bos_id, tokenizer.eos_id,
+                                     max_length=30)
     sources = test_texts(family)[:batch]
     ids = [tokenizer.encode(text) or [tokenizer.unk_id] for text in sources]
     src, lengths = pad_sequences(ids, pad_value=tokenizer.pad_id)
@@ -322,8 +333,8 @@ def report(measured: list[dict], load: dict, args, threads: int) -> str:
                                               args.use.items())),
         ("- classifiers and the tagger: one forward pass of test sentences; LMs: a 32-token "
          "prompt, then 32 "
-        "greedy steps carrying the state / cache; seq2seq: greedy decoding of test sentences "
-        f"(30 steps at most); median of {args.repeats}"), "",
+        "greedy steps carrying the state / cache; seq2seq and captioner: greedy decoding of test "
+        f"sentences / images (30 steps at most); median of {args.repeats}"), "",
         "| family | batch | torch ms | onnxruntime ms (ratio) | int8 ms (ratio) |",
         "|---|---:|---:|---:|---:|",
     ]

@@ -7,7 +7,8 @@ needs no calibration data:
     y = x W^T  ≈  s_x s_W · (q_x − z_x)(q_W − z_W)^T      (int8 products, int32 sums)
 
 onnxruntime quantises the MatMul / Gemm weights (linear layers, attention projections, output
-heads), the LSTM op's input and recurrent matrices and the Gather of embedding tables. It has no
+heads), the LSTM op's input and recurrent matrices, the Gather of embedding tables and the Conv
+kernels of image encoders. It has no
 int8 GRU or RNN op, so their matrices are stored weight-only: int8 with one scale per gate row,
 W ≈ s_row · q, turned back into float by a DequantizeLinear node when the session loads (the
 arithmetic of those ops stays float). Normalisations and biases stay in float. A 4-byte float
@@ -29,7 +30,7 @@ from seqlab.export.runtime import is_export_dir, read_manifest
 __all__ = ["OP_TYPES", "quantize_export"]
 
 # The operators whose weights become int8.
-OP_TYPES = ["MatMul", "Gemm", "LSTM", "Gather", "Attention"]
+OP_TYPES = ["MatMul", "Gemm", "LSTM", "Gather", "Attention", "Conv"]
 
 
 def quantize_export(source: str | Path, out_dir: str | Path) -> dict:
