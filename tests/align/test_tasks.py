@@ -312,6 +312,8 @@ def test_reward_section_is_the_objectives_reward_keys(tmp_path):
     assert config.objective["reward_from"] == str(tmp_path) and "reward" not in config.to_dict()
     same = load_config("ppo", ["data.train=p.txt", f"objective.reward_from={tmp_path}"])
     assert same.objective == config.objective
+    with pytest.raises(ConfigError, match="reward.from is for the ppo and grpo tasks; task sft"):
+        load_config("sft", ["data.train=p.txt", "reward.from=x"])
     with pytest.raises(ConfigError, match="unknown key reward.form"):
         load_config("ppo", ["data.train=p.txt", "reward.form=x"])
     with pytest.raises(ConfigError, match="reward.fn=a:b and objective.reward_fn=c:d disagree"):

@@ -199,6 +199,12 @@ class RunConfig(StrictModel):
         if unknown:
             raise ValueError(f"unknown key reward.{unknown[0]}; the reward section takes "
                              f"reward.from=REWARD_RUN or reward.fn=MODULE:FUNCTION")
+        from seqlab.tasks import get_task, task_names
+
+        task = data.get("task")
+        if task in task_names() and "reward_from" not in get_task(task).ObjectiveConfig.model_fields:
+            raise ValueError(f"reward.{next(iter(reward), 'from')} is for the ppo and grpo tasks; "
+                             f"task {task} takes no reward")
         objective = dict(data.get("objective") or {})
         for key, value in reward.items():
             name = f"reward_{key}"
