@@ -115,6 +115,9 @@ def train_runs(runs_dir: Path, minutes: float, seq2seq_minutes: float, only: str
         if only and only not in name and recipe not in ("classify-bilstm", "translate-gru-attn"):
             continue  # the load test serves those two
         run_dir = use.get(recipe, runs_dir / recipe)
+        if recipe in use and not (run_dir / "model.safetensors").is_file():
+            sys.exit(f"--use {recipe}={run_dir}: no model.safetensors there; give a run directory "
+                     f"that `seqlab train {recipe}` wrote")
         if recipe not in use and not (run_dir / "summary.json").is_file():
             shutil.rmtree(run_dir, ignore_errors=True)
             print(f"training {name} for {minutes} min ...", flush=True)
