@@ -287,11 +287,11 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
                 defaults.top_p if body.top_p is None else body.top_p,
                 defaults.seed if body.seed is None else body.seed)
 
-    def served_of_kind(name: str | None, kind: str, endpoint: str, what: str) -> tuple:
+    def served_of_kind(name: str | None, kind: str, endpoint: str, what: str, error: str) -> tuple:
         served, batcher = resolve(name)
         if served.kind != kind:
             offered = ", ".join(m.name for m in by_name.values() if m.kind == kind) or "none served"
-            raise ApiError(422, f"not_a_{kind}_model" if kind == "chat" else "not_a_language_model",
+            raise ApiError(422, error,
                            f"model {served.name!r} is a {served.kind} model; {endpoint} serves "
                            f"{what}; served here: {offered}")
         return served, batcher
@@ -333,7 +333,8 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
 
     @app.post("/v1/generate")
     async def generate(body: GenerateRequest):
-        served, batcher = served_of_kind(body.model, "generate", "/v1/generate", "language models")
+        served, batcher = served_of_kind(body.model, "generate", "/v1/generate", "language models",
+                                         "not_a_language_model")
         options = sampling(served, body)
         check_text(served, body.prompt, "prompt")
         pieces = served.stream(body.prompt, *options)
@@ -347,7 +348,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
     @app.post("/v1/chat")
     async def chat(body: ChatRequest):
         served, batcher = served_of_kind(body.model, "chat", "/v1/chat",
-                                         "chat-tuned runs (sft, dpo, ppo, grpo)")
+                                         "chat-tuned runs (sft, dpo, ppo, grpo)", "not_a_chat_model")
         options = sampling(served, body)
         messages = [message.model_dump() for message in body.messages]
         if not messages:
