@@ -1,0 +1,344 @@
+"""The life-cycle on one measurable goal: "write positive movie-review sentences".
+
+From WikiText-2 and MR (`sentence<TAB>label` TSV, train / valid / test), every step a seqlab
+command:
+
+1. `pretrain-clm` — a small GPT-style causal LM on WikiText-2 (byte-level BPE).
+2. `sft` — fine-tuned on MR's training sentences, both polarities: the user turn is a
+   sentence's opening words, the assistant writes the rest.
+3. `reward-model` — Bradley–Terry on preference pairs built from MR's labels, on one half of
+   MR's training split: for an opening, the positive continuation is chosen, the negative one
+   rejected (in half of the pairs the chosen one is the opening's own continuation, in the
+   other half the rejected one, so that fitting the opening carries no signal, only sentiment).
+4. the judge — `classify-bilstm` on the *other* half of the training split: another family and
+   other sentences than the reward model, so reward hacking shows.
+5. `dpo` on the reward model's pairs; `ppo` and `grpo` against the reward model, on openings
+   from the training split.
+
+Then each policy (SFT, DPO, PPO, GRPO) writes one sampled continuation (temperature 1) for each
+of 500 fixed openings from MR's test split, and the table reports the judge's positive share of
+the whole sentences, the mean reward, the KL to the SFT model (sum over the reply of
+log pi - log pi_sft, averaged), distinct-2 over all replies, and the training wall time.
+
+    python benchmarks/alignment_mr.py --data ../shared/data --out runs/alignment-mr
+
+A stage whose run directory already has `summary.json` is not trained again, so an interrupted
+study continues where it stopped. Writes `results.json`, `table.md`, `samples.md` and
+`curves.png` (reward and KL over PPO / GRPO training) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OPENING_WORDS = (2, 5)  # an opening is the first 2..5 words of a sentence
+STAGES = ("pretrain", "sft", "reward-model", "judge", "dpo", "ppo", "grpo", "evaluate")
+POLICIES = ("sft", "dpo", "ppo", "grpo")
+
+
+def run_seqlab(recipe: str, overrides: list[str], run_dir: Path, log: Path | None = None) -> dict:
+    """`seqlab train RECIPE ...` in a child process, unless run_dir already finished; its summary
+    with the wall time added."""
+    done = run_dir / "summary.json"
+    if not done.is_file():
+        command = [sys.executable, "-m", "seqlab", "train", recipe, *overrides,
+                   "trainer.progress=false", "--run-dir", str(run_dir)]
+        print("$", " ".join(command[2:]), flush=True)
+        began = time.time()
+        result = subprocess.run(command, check=False, capture_output=True, text=True)
+        (log or run_dir.with_suffix(".log")).write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)}\n{result.stderr[-3000:]}")
+        summary = json.loads(done.read_text())
+        summary["wall_seconds"] = round(time.time() - began, 1)
+        done.write_text(json.dumps(summary, indent=2))
+    return json.loads(done.read_text())
+
+
+def read_tsv(path: Path) -> list[tuple[str, str]]:
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    return [tuple(line.split("\t")[:2]) for line in lines if "\t" in line]
+
+
+def split_opening(sentence: str, rng: random.Random) -> tuple[str, str] | None:
+    words = sentence.split()
+    k = rng.randint(*OPENING_WORDS)
+    if len(words) < k + 3:
+        return None
+    return " ".join(words[:k]), " ".join(words[k:])
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def prepare_data(args, data_dir: Path) -> dict[str, Path]:
+    """The corpus, SFT examples, preference pairs, judge data and prompts, written once."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    files = {name: data_dir / name for name in (
+        "corpus.txt", "sft.jsonl", "pairs.jsonl", "judge.tsv", "prompts.jsonl", "test_prompts.jsonl")}
+    if all(path.is_file() for path in files.values()):
+        return files
+    wiki = args.data / "wikitext-2"
+    files["corpus.txt"].write_text("".join((wiki / name).read_text(encoding="utf-8")
+                                           for name in ("valid.txt", "test.txt")), encoding="utf-8")
+    mr = args.data / "sentences" / "mr"
+    rng = random.Random(args.seed)
+    train = [(s, y) for s, y in read_tsv(mr / "train.tsv") if len(s.split()) <= args.max_words]
+    rng.shuffle(train)
+    half = len(train) // 2
+    reward_half, judge_half = train[:half], train[half:]
+
+    sft = []
+    for sentence, _ in train:
+        parts = split_opening(sentence, rng)
+        if parts:
+            sft.append({"prompt": parts[0], "completion": parts[1]})
+    write_jsonl(files["sft.jsonl"], sft)
+
+    split = [(split_opening(s, rng), y) for s, y in reward_half]
+    split = [(parts, y) for parts, y in split if parts]
+    positives = [rest for (_, rest), y in split if y == "positive"]
+    negatives = [rest for (_, rest), y in split if y == "negative"]
+    pairs = []
+    for (opening, rest), label in split:
+        if label == "positive":
+            pairs.append({"prompt": opening, "chosen": rest, "rejected": rng.choice(negatives)})
+        else:
+            pairs.append({"prompt": opening, "chosen": rng.choice(positives), "rejected": rest})
+    write_jsonl(files["pairs.jsonl"], pairs)
+
+    files["judge.tsv"].write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in judge_half),
+                                  encoding="utf-8")
+    prompts = [{"prompt": parts[0]} for parts in (split_opening(s, rng) for s, _ in train) if parts]
+    write_jsonl(files["prompts.jsonl"], prompts)
+    test = [split_opening(s, rng) for s, _ in read_tsv(mr / "test.tsv")]
+    write_jsonl(files["test_prompts.jsonl"], [{"prompt": p[0]} for p in test if p][: args.samples])
+    return files
+
+
+def distinct_2(texts: list[str]) -> float:
+    """Distinct word bigrams over all texts / all word bigrams."""
+    pairs = [pair for text in texts for pair in itertools.pairwise(text.split())]
+    return len(set(pairs)) / max(len(pairs), 1)
+
+
+def sample_policy(run: Path, openings: list[str], max_new_tokens: int, seed: int):
+    """One reply (temperature 1) per opening: (prompt ids, reply ids, reply texts, model, task)."""
+    import torch
+
+    from seqlab.align import stream_reply
+    from seqlab.train.run import open_run
+
+    _, task, model, device = open_run(run)
+    policy = getattr(model, "language_model", model)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    prompts, replies = [], []
+    for opening in openings:
+        prompt = task.template.encode([{"role": "user", "content": opening}], add_generation_prompt=True)[0]
+        reply = list(stream_reply(policy, prompt, task.tokenizer.eos_id, max_new_tokens, temperature=1.0,
+                                  generator=generator, include_end=True)) or [task.tokenizer.eos_id]
+        prompts.append(prompt)
+        replies.append(reply)
+    texts = [task.template.decode_reply(reply) for reply in replies]
+    return prompts, replies, texts, policy, task
+
+
+def reply_logps(model, prompts: list[list[int]], replies: list[list[int]], pad_id: int):
+    """(N,) log pi(reply | prompt), summed over the reply tokens."""
+    import torch
+
+    from seqlab.align import sequence_logps
+    from seqlab.data.batching import pad_sequences
+
+    device = next(model.parameters()).device
+    totals = []
+    for start in range(0, len(prompts), 64):
+        rows = [p + r for p, r in zip(prompts[start:start + 64], replies[start:start + 64])]
+        ids, _ = pad_sequences([torch.tensor(row) for row in rows], pad_value=pad_id)
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        for i, (p, r) in enumerate(zip(prompts[start:start + 64], replies[start:start + 64])):
+            mask[i, len(p):len(p) + len(r)] = True
+        with torch.no_grad():
+            logits = model(ids[:, :-1].to(device)).logits
+        totals.append(sequence_logps(logits, ids[:, 1:].to(device), mask[:, 1:].to(device)))
+    return torch.cat(totals)
+
+
+def report(args, runs: Path, files: dict[str, Path], summaries: dict) -> None:
+    """Sample every policy on the test openings; score with the reward model, the judge and the
+    SFT model; write the table, samples and curves."""
+    import torch
+
+    from seqlab.data.batching import pad_sequences
+    from seqlab.models import load
+    from seqlab.train.run import open_run
+
+    openings = [json.loads(line)["prompt"] for line in files["test_prompts.jsonl"].read_text().splitlines()]
+    reward_model = load(runs / "reward-model").eval()
+    _, judge_task, judge, judge_device = open_run(runs / "judge")
+    _, sft_task, sft_model, _ = open_run(runs / "sft")
+    pad = sft_task.tokenizer.pad_id
+    rows, samples = {}, {}
+    for name in args.policies:
+        run = runs / name
+        if not (run / "summary.json").is_file():
+            continue
+        began = time.time()
+        prompts, replies, texts, policy, _ = sample_policy(run, openings, args.max_new_tokens, args.seed)
+        sentences = [f"{o} {t}".strip() for o, t in zip(openings, texts)]
+        with torch.no_grad():
+            verdicts = [line.split("\t")[0] for line in judge_task.predict(judge, sentences, judge_device)]
+            ids, lengths = pad_sequences([torch.tensor(p + r) for p, r in zip(prompts, replies)], pad_value=pad)
+            rewards = reward_model(ids, lengths=lengths).rewards
+        kl = reply_logps(policy, prompts, replies, pad) - reply_logps(sft_model, prompts, replies, pad)
+        summary = json.loads((run / "summary.json").read_text())
+        rows[name] = {
+            "judge_positive": sum(v == "positive" for v in verdicts) / len(verdicts),
+            "reward": float(rewards.mean()), "kl": float(kl.mean()), "distinct_2": distinct_2(texts),
+            "length_words": sum(len(t.split()) for t in texts) / len(texts),
+            "train_seconds": summary.get("wall_seconds"), "sample_seconds": round(time.time() - began, 1),
+        }
+        samples[name] = sentences[:8]
+        print(name, rows[name], flush=True)
+    judge_summary = json.loads((runs / "judge" / "summary.json").read_text())
+    rm_summary = json.loads((runs / "reward-model" / "summary.json").read_text())
+    out = args.out
+    (out / "results.json").write_text(json.dumps({
+        "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
+        "policies": rows, "judge": judge_summary, "reward_model": rm_summary,
+        "samples": samples}, indent=2), encoding="utf-8")
+    (out / "table.md").write_text(table(rows), encoding="utf-8")
+    (out / "samples.md").write_text("".join(
+        f"**{name}**\n\n" + "".join(f"- {s}\n" for s in lines) + "\n" for name, lines in samples.items()),
+        encoding="utf-8")
+    curves(runs, out / "curves.png")
+    print(table(rows))
+
+
+def table(rows: dict) -> str:
+    sft = rows.get("sft", {})
+    lines = ["| policy | judged positive | mean reward | KL to SFT (nats) | distinct-2 (x SFT) | words | train wall |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        ratio = r["distinct_2"] / sft["distinct_2"] if sft else float("nan")
+        wall = f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") else "-"
+        lines.append(f"| {name.upper()} | {r['judge_positive'] * 100:.1f} % | {r['reward']:+.2f} | "
+                     f"{r['kl']:.2f} | {r['distinct_2']:.3f} ({ratio:.2f}x) | {r['length_words']:.1f} | {wall} |")
+    return "\n".join(lines) + "\n"
+
+
+def curves(runs: Path, path: Path) -> None:
+    """Validation reward and KL over PPO and GRPO training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name in ("ppo", "grpo"):
+        log = runs / name / "metrics.jsonl"
+        if not log.is_file():
+            continue
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        records = [r for r in records if r.get("split") == "valid"]
+        steps = [r["step"] for r in records]
+        for axis, key in zip(axes, ("reward", "kl")):
+            axis.plot(steps, [r["metrics"][key] for r in records], marker=".", label=name.upper())
+    for axis, label in zip(axes, ("mean reward (validation openings)", "KL to the SFT model (nats)")):
+        axis.set_xlabel("optimiser step")
+        axis.set_ylabel(label)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--out", type=Path, default=Path("runs/alignment-mr"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--max-words", type=int, default=40, help="longer MR sentences are left out")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pretrain-minutes", type=float, default=12)
+    parser.add_argument("--stages", nargs="*", default=None, choices=STAGES,
+                        help="only these stages (default: all, in order)")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--rl-lr", type=float, default=1e-4, help="PPO and GRPO learning rate")
+    parser.add_argument("--kl-coef", type=float, default=0.05)
+    parser.add_argument("--ppo-rollouts", type=int, default=100, help="rollouts of 16 prompts, 4 epochs each")
+    parser.add_argument("--grpo-rollouts", type=int, default=150, help="rollouts of 8 prompts x 4 replies")
+    parser.add_argument("--dpo-lr", type=float, default=1e-4)
+    parser.add_argument("--policies", nargs="*", default=list(POLICIES),
+                        help="run directories under OUT/runs to evaluate (default: the four policies)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a pass through every stage in minutes (10 steps each, 20 samples): checks the pipeline")
+    args = parser.parse_args()
+    if args.quick:
+        args.samples, args.pretrain_minutes = 20, 0.5
+    for needed in ("wikitext-2/valid.txt", "sentences/mr/train.tsv"):
+        if not (args.data / needed).is_file():
+            sys.exit(f"{args.data / needed} is missing: give --data the folder holding WikiText-2 and MR")
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = prepare_data(args, args.out / "data")
+    common = [f"trainer.num_threads={args.threads}", f"trainer.seed={args.seed}"]
+    runs = args.out / "runs"
+    runs.mkdir(exist_ok=True)
+    stages = set(args.stages or STAGES)
+    mr = args.data / "sentences" / "mr"
+    sft, rm = runs / "sft", runs / "reward-model"
+    recipes = {
+        "pretrain": ("pretrain-clm", [
+            f"data.train={files['corpus.txt']}", "data.bpe_vocab_size=4000", "data.bptt=96",
+            "model.transformer.d_model=128", "model.transformer.num_layers=4",
+            "model.transformer.max_length=96", "trainer.epochs=1000",
+            f"trainer.max_time_minutes={args.pretrain_minutes}"]),
+        "sft": ("sft", [
+            f"data.train={files['sft.jsonl']}", f"model.init_from={runs / 'pretrain'}",
+            "data.max_length=80", "trainer.epochs=3", "trainer.batch_size=32", "trainer.lr=0.0005",
+            "trainer.warmup_steps=50", "trainer.eval_every=100"]),
+        "reward-model": ("reward-model", [
+            f"data.train={files['pairs.jsonl']}", f"model.init_from={sft}", "data.max_length=80",
+            "data.valid_fraction=0.1", "trainer.epochs=2", "trainer.batch_size=16",
+            "trainer.lr=0.0002", "trainer.eval_every=100"]),
+        "judge": ("classify-bilstm", [
+            f"data.train={files['judge.tsv']}", f"data.valid={mr / 'valid.tsv'}",
+            f"data.test={mr / 'test.tsv'}", "data.text_column=sentence"]),
+        "dpo": ("dpo", [
+            f"data.train={files['pairs.jsonl']}", f"model.init_from={sft}", "data.max_length=80",
+            "trainer.epochs=2", "trainer.batch_size=16", f"trainer.lr={args.dpo_lr}",
+            "trainer.eval_every=100"]),
+        "ppo": ("ppo", [
+            f"data.train={files['prompts.jsonl']}", f"model.init_from={sft}", f"reward.from={rm}",
+            "data.max_length=64", "data.valid_fraction=0.01", f"objective.max_new_tokens={args.max_new_tokens}",
+            f"objective.kl_coef={args.kl_coef}", "trainer.batch_size=16", f"trainer.lr={args.rl_lr}",
+            f"trainer.max_steps={args.ppo_rollouts * 4}", "trainer.eval_every=40",
+            "trainer.eval_max_batches=4"]),
+        "grpo": ("grpo", [
+            f"data.train={files['prompts.jsonl']}", f"model.init_from={sft}", f"reward.from={rm}",
+            "data.max_length=64", "data.valid_fraction=0.01", f"objective.max_new_tokens={args.max_new_tokens}",
+            "trainer.batch_size=8", f"trainer.lr={args.rl_lr}",
+            f"trainer.max_steps={args.grpo_rollouts}", "trainer.eval_every=10",
+            "trainer.eval_max_batches=8"]),
+    }
+    summaries = {}
+    for stage in STAGES:
+        if stage in stages and stage in recipes:
+            recipe, overrides = recipes[stage]
+            quick = ["trainer.max_steps=10", "trainer.eval_every=5", "trainer.max_time_minutes=1"] if args.quick else []
+            summaries[stage] = run_seqlab(recipe, [*overrides, *common, *quick], runs / stage)
+    if "evaluate" in stages:
+        report(args, runs, files, summaries)
+
+if __name__ == "__main__":
+    main()
