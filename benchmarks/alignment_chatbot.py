@@ -30,13 +30,12 @@ import argparse
 import gzip
 import json
 import math
-import platform
 import random
 import subprocess
 import sys
 from pathlib import Path
 
-from alignment_mr import read_tsv, run_seqlab, write_jsonl
+from alignment_mr import machine, read_tsv, run_seqlab, write_jsonl
 
 MAX_TOKENS = 60  # longer questions are left out (train and held out), to fit the 96-token context
 TREC_NAMES = {"DESC": "description", "ENTY": "entity", "ABBR": "abbreviation", "HUM": "person",
@@ -210,7 +209,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=200, help="held-out items per task")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--pretrain-minutes", type=float, default=14)
-    parser.add_argument("--sft-epochs", type=int, default=2)
+    parser.add_argument("--sft-epochs", type=int, default=4)
     parser.add_argument("--stages", nargs="*", default=["pretrain", "sft", "evaluate"])
     args = parser.parse_args()
     for needed in ("wikitext-2/valid.txt", "multi30k/train.de.gz", "sentences/trec/train.tsv"):
@@ -243,7 +242,7 @@ def main() -> None:
         (args.out / "transcript.txt").write_text(text, encoding="utf-8")
         (args.out / "table.md").write_text(table(results), encoding="utf-8")
         (args.out / "results.json").write_text(json.dumps({
-            "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
+            "machine": machine(args.threads),
             "summaries": summaries, "results": results}, indent=2), encoding="utf-8")
         print(table(results))
         print(text)

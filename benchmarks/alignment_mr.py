@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 OPENING_WORDS = (2, 5)  # an opening is the first 2..5 words of a sentence
 STAGES = ("pretrain", "sft", "reward-model", "judge", "dpo", "ppo", "grpo", "evaluate")
 POLICIES = ("sft", "dpo", "ppo", "grpo")
@@ -61,6 +63,17 @@ def run_seqlab(recipe: str, overrides: list[str], run_dir: Path, log: Path | Non
         summary["wall_seconds"] = round(time.time() - began, 1)
         done.write_text(json.dumps(summary, indent=2))
     return json.loads(done.read_text())
+
+
+def machine(threads: int) -> str:
+    """The CPU's model name and the threads each run was given."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"{model}, {threads} thread(s) per run"
 
 
 def read_tsv(path: Path) -> list[tuple[str, str]]:
@@ -110,11 +123,14 @@ def prepare_data(args, data_dir: Path) -> dict[str, Path]:
     positives = [rest for (_, rest), y in split if y == "positive"]
     negatives = [rest for (_, rest), y in split if y == "negative"]
     pairs = []
+    extra = random.Random(args.seed + 1)  # the extra pairs leave the other files' draws as they are
     for (opening, rest), label in split:
-        if label == "positive":
-            pairs.append({"prompt": opening, "chosen": rest, "rejected": rng.choice(negatives)})
-        else:
-            pairs.append({"prompt": opening, "chosen": rng.choice(positives), "rejected": rest})
+        for number in range(args.pairs_per_sentence):
+            draw = rng if number == 0 else extra
+            if label == "positive":
+                pairs.append({"prompt": opening, "chosen": rest, "rejected": draw.choice(negatives)})
+            else:
+                pairs.append({"prompt": opening, "chosen": draw.choice(positives), "rejected": rest})
     write_jsonl(files["pairs.jsonl"], pairs)
 
     files["judge.tsv"].write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in judge_half),
@@ -174,6 +190,31 @@ def reply_logps(model, prompts: list[list[int]], replies: list[list[int]], pad_i
     return torch.cat(totals)
 
 
+def reward_auc(args, reward_model, task) -> float:
+    """How well the reward model ranks MR's test sentences (each its opening as the prompt, its
+    rest as the reply): the chance that a positive one outscores a negative one (ROC AUC), the
+    pairwise accuracy on sentences it never saw."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from seqlab.data.batching import pad_sequences
+
+    rng = random.Random(args.seed)
+    rows, labels = [], []
+    for sentence, label in read_tsv(args.data / "sentences" / "mr" / "test.tsv"):
+        parts = split_opening(sentence, rng)
+        if parts:
+            prompt, reply = task.template.prompt_and_completion([{"role": "user", "content": parts[0]}], parts[1])
+            rows.append(torch.tensor((prompt + reply)[: task.data.max_length + 1]))
+            labels.append(label == "positive")
+    scores = []
+    with torch.no_grad():
+        for start in range(0, len(rows), 64):
+            ids, lengths = pad_sequences(rows[start:start + 64], pad_value=task.tokenizer.pad_id)
+            scores += reward_model(ids, lengths=lengths).rewards.tolist()
+    return float(roc_auc_score(labels, scores))
+
+
 def report(args, runs: Path, files: dict[str, Path], summaries: dict) -> None:
     """Sample every policy on the test openings; score with the reward model, the judge and the
     SFT model; write the table, samples and curves."""
@@ -212,9 +253,10 @@ def report(args, runs: Path, files: dict[str, Path], summaries: dict) -> None:
         print(name, rows[name], flush=True)
     judge_summary = json.loads((runs / "judge" / "summary.json").read_text())
     rm_summary = json.loads((runs / "reward-model" / "summary.json").read_text())
+    rm_summary["test_auc"] = reward_auc(args, reward_model, sft_task)
     out = args.out
     (out / "results.json").write_text(json.dumps({
-        "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
+        "machine": machine(args.threads),
         "policies": rows, "judge": judge_summary, "reward_model": rm_summary,
         "samples": samples}, indent=2), encoding="utf-8")
     (out / "table.md").write_text(table(rows), encoding="utf-8")
@@ -237,25 +279,30 @@ def table(rows: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def curves(runs: Path, path: Path) -> None:
-    """Validation reward and KL over PPO and GRPO training."""
+def curves(runs: Path, path: Path, names=("ppo", "grpo")) -> None:
+    """Validation reward and KL over PPO and GRPO training, against the replies sampled (PPO
+    trains 4 epochs on each rollout of 16, GRPO once on each rollout of 8 prompts x 4)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for name in ("ppo", "grpo"):
+    for name in names:
         log = runs / name / "metrics.jsonl"
         if not log.is_file():
             continue
         records = [json.loads(line) for line in log.read_text().splitlines()]
         records = [r for r in records if r.get("split") == "valid"]
-        steps = [r["step"] for r in records]
+        config = yaml.safe_load((runs / name / "config.yaml").read_text())
+        o = config["objective"]
+        replies_per_step = (config["trainer"]["batch_size"] * o.get("group_size", 1)
+                            / (o.get("epochs", 1) * o.get("num_minibatches", 1)))
+        replies = [r["step"] * replies_per_step for r in records]
         for axis, key in zip(axes, ("reward", "kl")):
-            axis.plot(steps, [r["metrics"][key] for r in records], marker=".", label=name.upper())
+            axis.plot(replies, [r["metrics"][key] for r in records], marker=".", label=name.upper())
     for axis, label in zip(axes, ("mean reward (validation openings)", "KL to the SFT model (nats)")):
-        axis.set_xlabel("optimiser step")
+        axis.set_xlabel("replies sampled in training")
         axis.set_ylabel(label)
         axis.legend()
     figure.tight_layout()
@@ -273,6 +320,8 @@ def main() -> None:
     parser.add_argument("--pretrain-minutes", type=float, default=12)
     parser.add_argument("--stages", nargs="*", default=None, choices=STAGES,
                         help="only these stages (default: all, in order)")
+    parser.add_argument("--pairs-per-sentence", type=int, default=1,
+                        help="preference pairs per reward-half sentence, each against another sentence")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--rl-lr", type=float, default=1e-4, help="PPO and GRPO learning rate")
     parser.add_argument("--kl-coef", type=float, default=0.05)

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 alignment_mr = pytest.importorskip("alignment_mr")
 alignment_chatbot = pytest.importorskip("alignment_chatbot")
 
-WORDS = "good bad film plot actor scene story music long short fine dull".split()
+WORDS = ["good", "bad", "film", "plot", "actor", "scene", "story", "music", "long", "short", "fine", "dull"]
 
 
 def _sentences(count, seed):
@@ -52,7 +52,7 @@ def data(tmp_path):
 
 
 def _mr_files(data, tmp_path):
-    args = argparse.Namespace(data=data, seed=0, max_words=40, samples=30)
+    args = argparse.Namespace(data=data, seed=0, max_words=40, samples=30, pairs_per_sentence=1)
     return alignment_mr.prepare_data(args, tmp_path / "out")
 
 
