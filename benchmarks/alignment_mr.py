@@ -42,7 +42,8 @@ from pathlib import Path
 import yaml
 
 OPENING_WORDS = (2, 5)  # an opening is the first 2..5 words of a sentence
-STAGES = ("pretrain", "sft", "reward-model", "judge", "dpo", "ppo", "grpo", "evaluate")
+STAGES = ("pretrain", "sft", "ranker", "sample-pairs", "reward-model", "judge", "dpo", "ppo", "grpo",
+          "evaluate")
 POLICIES = ("sft", "dpo", "ppo", "grpo")
 
 
@@ -98,7 +99,8 @@ def prepare_data(args, data_dir: Path) -> dict[str, Path]:
     """The corpus, SFT examples, preference pairs, judge data and prompts, written once."""
     data_dir.mkdir(parents=True, exist_ok=True)
     files = {name: data_dir / name for name in (
-        "corpus.txt", "sft.jsonl", "pairs.jsonl", "judge.tsv", "prompts.jsonl", "test_prompts.jsonl")}
+        "corpus.txt", "sft.jsonl", "pairs.jsonl", "ranker.tsv", "judge.tsv", "prompts.jsonl",
+        "test_prompts.jsonl")}
     if all(path.is_file() for path in files.values()):
         return files
     wiki = args.data / "wikitext-2"
@@ -133,6 +135,8 @@ def prepare_data(args, data_dir: Path) -> dict[str, Path]:
                 pairs.append({"prompt": opening, "chosen": draw.choice(positives), "rejected": rest})
     write_jsonl(files["pairs.jsonl"], pairs)
 
+    files["ranker.tsv"].write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in reward_half),
+                                   encoding="utf-8")
     files["judge.tsv"].write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in judge_half),
                                   encoding="utf-8")
     prompts = [{"prompt": parts[0]} for parts in (split_opening(s, rng) for s, _ in train) if parts]
@@ -167,6 +171,36 @@ def sample_policy(run: Path, openings: list[str], max_new_tokens: int, seed: int
         replies.append(reply)
     texts = [task.template.decode_reply(reply) for reply in replies]
     return prompts, replies, texts, policy, task
+
+
+def sample_pairs(args, runs: Path, files: dict[str, Path], path: Path) -> Path:
+    """Preference pairs from the SFT model's own samples: two replies to each training opening,
+    the one the ranker (a sentiment classifier on the reward half) finds more positive chosen;
+    pairs whose two scores are within --min-gap are left out."""
+    import torch
+
+    from seqlab.train.run import open_run
+
+    if path.is_file():
+        return path
+    openings = [json.loads(line)["prompt"] for line in files["prompts.jsonl"].read_text().splitlines()]
+    openings = openings[: args.sample_pairs]
+    replies = [sample_policy(runs / "sft", openings, args.max_new_tokens, args.seed + k)[2] for k in (1, 2)]
+    _, task, ranker, device = open_run(runs / "ranker")
+
+    def positive(texts: list[str]) -> list[float]:
+        with torch.no_grad():
+            lines = task.predict(ranker, [f"{o} {t}".strip() for o, t in zip(openings, texts)], device)
+        return [float(p) if label == "positive" else 1 - float(p)
+                for label, p in (line.split("\t") for line in lines)]
+
+    scores = [positive(texts) for texts in replies]
+    pairs = []
+    for opening, a, b, score_a, score_b in zip(openings, *replies, *scores):
+        if a and b and abs(score_a - score_b) >= args.min_gap:
+            chosen, rejected = (a, b) if score_a > score_b else (b, a)
+            pairs.append({"prompt": opening, "chosen": chosen, "rejected": rejected})
+    return write_jsonl(path, pairs)
 
 
 def reply_logps(model, prompts: list[list[int]], replies: list[list[int]], pad_id: int):
@@ -322,6 +356,12 @@ def main() -> None:
                         help="only these stages (default: all, in order)")
     parser.add_argument("--pairs-per-sentence", type=int, default=1,
                         help="preference pairs per reward-half sentence, each against another sentence")
+    parser.add_argument("--pairs", choices=("labels", "samples"), default="labels",
+                        help="the reward model's and DPO's pairs: from MR's labels, or the SFT model's "
+                             "own samples ranked by a sentiment classifier (a GRU) on the reward half")
+    parser.add_argument("--sample-pairs", type=int, default=3000, help="openings sampled for --pairs samples")
+    parser.add_argument("--min-gap", type=float, default=0.2,
+                        help="--pairs samples: the least gap in the ranker's P(positive) that makes a pair")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--rl-lr", type=float, default=1e-4, help="PPO and GRPO learning rate")
     parser.add_argument("--kl-coef", type=float, default=0.05)
@@ -346,6 +386,7 @@ def main() -> None:
     stages = set(args.stages or STAGES)
     mr = args.data / "sentences" / "mr"
     sft, rm = runs / "sft", runs / "reward-model"
+    pairs = files["pairs.jsonl"] if args.pairs == "labels" else args.out / "data" / "sample_pairs.jsonl"
     recipes = {
         "pretrain": ("pretrain-clm", [
             f"data.train={files['corpus.txt']}", "data.bpe_vocab_size=4000", "data.bptt=96",
@@ -357,14 +398,17 @@ def main() -> None:
             "data.max_length=80", "trainer.epochs=3", "trainer.batch_size=32", "trainer.lr=0.0005",
             "trainer.warmup_steps=50", "trainer.eval_every=100"]),
         "reward-model": ("reward-model", [
-            f"data.train={files['pairs.jsonl']}", f"model.init_from={sft}", "data.max_length=80",
+            f"data.train={pairs}", f"model.init_from={sft}", "data.max_length=80",
             "data.valid_fraction=0.1", "trainer.epochs=2", "trainer.batch_size=16",
             "trainer.lr=0.0002", "trainer.eval_every=100"]),
+        "ranker": ("classify-bilstm", [
+            f"data.train={files['ranker.tsv']}", f"data.valid={mr / 'valid.tsv'}",
+            f"data.test={mr / 'test.tsv'}", "data.text_column=sentence", "model.cell=gru"]),
         "judge": ("classify-bilstm", [
             f"data.train={files['judge.tsv']}", f"data.valid={mr / 'valid.tsv'}",
             f"data.test={mr / 'test.tsv'}", "data.text_column=sentence"]),
         "dpo": ("dpo", [
-            f"data.train={files['pairs.jsonl']}", f"model.init_from={sft}", "data.max_length=80",
+            f"data.train={pairs}", f"model.init_from={sft}", "data.max_length=80",
             "trainer.epochs=2", "trainer.batch_size=16", f"trainer.lr={args.dpo_lr}",
             "trainer.eval_every=100"]),
         "ppo": ("ppo", [
@@ -382,6 +426,10 @@ def main() -> None:
     }
     summaries = {}
     for stage in STAGES:
+        if args.pairs == "labels" and stage in ("ranker", "sample-pairs"):
+            continue
+        if stage == "sample-pairs" and stage in stages:
+            sample_pairs(args, runs, files, pairs)
         if stage in stages and stage in recipes:
             recipe, overrides = recipes[stage]
             quick = ["trainer.max_steps=10", "trainer.eval_every=5", "trainer.max_time_minutes=1"] if args.quick else []
