@@ -35,7 +35,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from alignment_mr import machine, read_tsv, run_seqlab, write_jsonl
+from alignment_mr import machine, pretrain_overrides, read_tsv, require, run_seqlab, write_jsonl
 
 MAX_TOKENS = 60  # longer questions are left out (train and held out), to fit the 96-token context
 TREC_NAMES = {"DESC": "description", "ENTY": "entity", "ABBR": "abbreviation", "HUM": "person",
@@ -212,9 +212,8 @@ def main() -> None:
     parser.add_argument("--sft-epochs", type=int, default=4)
     parser.add_argument("--stages", nargs="*", default=["pretrain", "sft", "evaluate"])
     args = parser.parse_args()
-    for needed in ("wikitext-2/valid.txt", "multi30k/train.de.gz", "sentences/trec/train.tsv"):
-        if not (args.data / needed).is_file():
-            sys.exit(f"{args.data / needed} is missing: give --data the folder of the shared data")
+    require(args.data, ("wikitext-2/valid.txt", "multi30k/train.de.gz", "sentences/trec/train.tsv",
+                        "sentences/mr/train.tsv", "sentences/subj/train.tsv"), "the shared data")
     args.out.mkdir(parents=True, exist_ok=True)
     corpus = prepare_corpus(args, args.out / "data")
     common = [f"trainer.num_threads={args.threads}", f"trainer.seed={args.seed}"]
@@ -222,11 +221,8 @@ def main() -> None:
     runs.mkdir(exist_ok=True)
     summaries = {}
     if "pretrain" in args.stages:
-        summaries["pretrain"] = run_seqlab("pretrain-clm", [
-            f"data.train={corpus}", "data.bpe_vocab_size=6000", "data.bptt=96",
-            "model.transformer.d_model=128", "model.transformer.num_layers=4",
-            "model.transformer.max_length=96", "trainer.epochs=1000",
-            f"trainer.max_time_minutes={args.pretrain_minutes}", *common], runs / "base")
+        summaries["pretrain"] = run_seqlab(
+            "pretrain-clm", [*pretrain_overrides(corpus, 6000, args.pretrain_minutes), *common], runs / "base")
     from seqlab.data.tokenizers import Tokenizer
 
     sft_file, held_out = prepare_mixture(args, args.out / "data", Tokenizer.load(runs / "base" / "tokenizer.json"))

@@ -77,6 +77,21 @@ def machine(threads: int) -> str:
     return f"{model}, {threads} thread(s) per run"
 
 
+def require(data: Path, needed: tuple[str, ...], what: str) -> None:
+    """Exit with a message naming the first missing data file."""
+    for name in needed:
+        if not (data / name).is_file():
+            sys.exit(f"{data / name} is missing: give --data the folder holding {what}")
+
+
+def pretrain_overrides(corpus: Path, vocab_size: int, minutes: float) -> list[str]:
+    """The studies' small GPT-style base: byte-level BPE, 4 layers, d_model 128, 96 positions."""
+    return [f"data.train={corpus}", f"data.bpe_vocab_size={vocab_size}", "data.bptt=96",
+            "model.transformer.d_model=128", "model.transformer.num_layers=4",
+            "model.transformer.max_length=96", "trainer.epochs=1000",
+            f"trainer.max_time_minutes={minutes}"]
+
+
 def read_tsv(path: Path) -> list[tuple[str, str]]:
     lines = path.read_text(encoding="utf-8").splitlines()[1:]
     return [tuple(line.split("\t")[:2]) for line in lines if "\t" in line]
@@ -375,9 +390,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.samples, args.pretrain_minutes = 20, 0.5
-    for needed in ("wikitext-2/valid.txt", "sentences/mr/train.tsv"):
-        if not (args.data / needed).is_file():
-            sys.exit(f"{args.data / needed} is missing: give --data the folder holding WikiText-2 and MR")
+    require(args.data, ("wikitext-2/valid.txt", "sentences/mr/train.tsv"), "WikiText-2 and MR")
     args.out.mkdir(parents=True, exist_ok=True)
     files = prepare_data(args, args.out / "data")
     common = [f"trainer.num_threads={args.threads}", f"trainer.seed={args.seed}"]
@@ -388,11 +401,7 @@ def main() -> None:
     sft, rm = runs / "sft", runs / "reward-model"
     pairs = files["pairs.jsonl"] if args.pairs == "labels" else args.out / "data" / "sample_pairs.jsonl"
     recipes = {
-        "pretrain": ("pretrain-clm", [
-            f"data.train={files['corpus.txt']}", "data.bpe_vocab_size=4000", "data.bptt=96",
-            "model.transformer.d_model=128", "model.transformer.num_layers=4",
-            "model.transformer.max_length=96", "trainer.epochs=1000",
-            f"trainer.max_time_minutes={args.pretrain_minutes}"]),
+        "pretrain": ("pretrain-clm", pretrain_overrides(files["corpus.txt"], 4000, args.pretrain_minutes)),
         "sft": ("sft", [
             f"data.train={files['sft.jsonl']}", f"model.init_from={runs / 'pretrain'}",
             "data.max_length=80", "trainer.epochs=3", "trainer.batch_size=32", "trainer.lr=0.0005",
