@@ -312,7 +312,7 @@ def report(args, runs: Path, files: dict[str, Path], summaries: dict) -> None:
     (out / "samples.md").write_text("".join(
         f"**{name}**\n\n" + "".join(f"- {s}\n" for s in lines) + "\n" for name, lines in samples.items()),
         encoding="utf-8")
-    curves(runs, out / "curves.png")
+    curves(runs, out / "curves.png", [name for name in args.policies if (runs / name / "rl.jsonl").is_file()])
     print(table(rows))
 
 
@@ -328,7 +328,7 @@ def table(rows: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def curves(runs: Path, path: Path, names=("ppo", "grpo")) -> None:
+def curves(runs: Path, path: Path, names: list[str]) -> None:
     """Validation reward and KL over PPO and GRPO training, against the replies sampled (PPO
     trains 4 epochs on each rollout of 16, GRPO once on each rollout of 8 prompts x 4)."""
     import matplotlib
