@@ -52,7 +52,17 @@ from seqlab.tasks.base import StepOutput, require_path, shard_batches, split_off
 from seqlab.tasks.dpo import DPOTask
 from seqlab.tasks.sft import ChatData, pad_rows
 
-__all__ = ["GRPOTask", "PPOTask", "read_prompts"]
+__all__ = ["GRPOTask", "PPOTask", "read_prompts", "reply_batch"]
+
+
+def reply_batch(sequences: list[list[int]], replies: list[list[int]], pad_id: int, device
+                ) -> dict[str, torch.Tensor]:
+    """Sequences (prompt + reply ids) as a batch for scoring their replies: inputs (N, L),
+    labels (N, L) (the inputs shifted by one) and mask (N, L), true on the reply tokens."""
+    ids = pad_rows(sequences, pad_id).to(device)  # (N, L + 1)
+    mask = pad_rows([[0] * (len(s) - len(r)) + [1] * len(r) for s, r in zip(sequences, replies)], 0)
+    return {"inputs": ids[:, :-1], "labels": ids[:, 1:], "mask": mask[:, 1:].bool().to(device),
+            "index": torch.arange(len(sequences), device=device)}
 
 
 def read_prompts(path: str) -> list[list[dict]]:
@@ -254,11 +264,7 @@ class RLTask(DPOTask):
         return prompts, sequences, replies
 
     def _tensors(self, sequences, replies, device) -> dict[str, torch.Tensor]:
-        """inputs (N, L), labels (N, L) and mask (N, L), true on the reply tokens."""
-        ids = pad_rows(sequences, self.tokenizer.pad_id).to(device)  # (N, L + 1)
-        mask = pad_rows([[0] * (len(s) - len(r)) + [1] * len(r) for s, r in zip(sequences, replies)], 0)
-        return {"inputs": ids[:, :-1], "labels": ids[:, 1:], "mask": mask[:, 1:].bool().to(device),
-                "index": torch.arange(len(sequences), device=device)}
+        return reply_batch(sequences, replies, self.tokenizer.pad_id, device)
 
     def _logps(self, model, batch):
         """(N, L) log-probabilities of the reply tokens (0 elsewhere) and the model output."""
