@@ -47,23 +47,30 @@ STAGES = ("pretrain", "sft", "ranker", "sample-pairs", "reward-model", "judge", 
 POLICIES = ("sft", "dpo", "ppo", "grpo")
 
 
-def run_seqlab(recipe: str, overrides: list[str], run_dir: Path, log: Path | None = None) -> dict:
-    """`seqlab train RECIPE ...` in a child process, unless run_dir already finished; its summary
-    with the wall time added."""
+def run_seqlab(recipe: str, overrides: list[str], run_dir: Path) -> dict:
+    """`seqlab train RECIPE ...` in a child process, unless run_dir already finished with the same
+    command; its summary with the wall time and the command added. The output goes to
+    run_dir.log."""
     done = run_dir / "summary.json"
-    if not done.is_file():
-        command = [sys.executable, "-m", "seqlab", "train", recipe, *overrides,
-                   "trainer.progress=false", "--run-dir", str(run_dir)]
-        print("$", " ".join(command[2:]), flush=True)
-        began = time.time()
-        result = subprocess.run(command, check=False, capture_output=True, text=True)
-        (log or run_dir.with_suffix(".log")).write_text(result.stdout + result.stderr)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)}\n{result.stderr[-3000:]}")
+    command = [recipe, *overrides, "trainer.progress=false"]
+    if done.is_file():
         summary = json.loads(done.read_text())
-        summary["wall_seconds"] = round(time.time() - began, 1)
-        done.write_text(json.dumps(summary, indent=2))
-    return json.loads(done.read_text())
+        if summary.get("study_command", command) != command:
+            changed = sorted(set(command) ^ set(summary["study_command"]))
+            sys.exit(f"{run_dir} was trained with other settings ({', '.join(changed)} differ); "
+                     f"give another --out, or remove {run_dir} to train it again")
+        return summary
+    argv = [sys.executable, "-m", "seqlab", "train", *command, "--run-dir", str(run_dir)]
+    print("$ seqlab train", " ".join(argv[4:]), flush=True)
+    began = time.time()
+    result = subprocess.run(argv, check=False, capture_output=True, text=True)
+    run_dir.with_suffix(".log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}\n{result.stderr[-3000:]}")
+    summary = json.loads(done.read_text())
+    summary.update(wall_seconds=round(time.time() - began, 1), study_command=command)
+    done.write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def machine(threads: int) -> str:
@@ -110,13 +117,30 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def made_with(marker: Path, settings: dict) -> bool:
+    """Whether the files beside ``marker`` were made with ``settings`` (False: not made yet);
+    exits naming the difference when they were made with others, since the runs trained on
+    them would not match new ones."""
+    if not marker.is_file():
+        return False
+    before = json.loads(marker.read_text())
+    if before != settings:
+        changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v)
+        sys.exit(f"{marker.parent} was made with other settings ({changed}); give another --out")
+    return True
+
+
 def prepare_data(args, data_dir: Path) -> dict[str, Path]:
-    """The corpus, SFT examples, preference pairs, judge data and prompts, written once."""
+    """The corpus, SFT examples, preference pairs, judge data and prompts, written once; a later
+    call with other settings is an error (the runs trained on the first files would not match)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     files = {name: data_dir / name for name in (
         "corpus.txt", "sft.jsonl", "pairs.jsonl", "ranker.tsv", "judge.tsv", "prompts.jsonl",
         "test_prompts.jsonl")}
-    if all(path.is_file() for path in files.values()):
+    settings = {"data": str(args.data), "seed": args.seed, "max_words": args.max_words,
+                "samples": args.samples, "pairs_per_sentence": args.pairs_per_sentence}
+    made = data_dir / "settings.json"
+    if made_with(made, settings) and all(path.is_file() for path in files.values()):
         return files
     wiki = args.data / "wikitext-2"
     files["corpus.txt"].write_text("".join((wiki / name).read_text(encoding="utf-8")
@@ -158,6 +182,7 @@ def prepare_data(args, data_dir: Path) -> dict[str, Path]:
     write_jsonl(files["prompts.jsonl"], prompts)
     test = [split_opening(s, rng) for s, _ in read_tsv(mr / "test.tsv")]
     write_jsonl(files["test_prompts.jsonl"], [{"prompt": p[0]} for p in test if p][: args.samples])
+    made.write_text(json.dumps(settings), encoding="utf-8")
     return files
 
 
@@ -196,7 +221,10 @@ def sample_pairs(args, runs: Path, files: dict[str, Path], path: Path) -> Path:
 
     from seqlab.train.run import open_run
 
-    if path.is_file():
+    settings = {"seed": args.seed, "sample_pairs": args.sample_pairs, "min_gap": args.min_gap,
+                "max_new_tokens": args.max_new_tokens}
+    marker = path.with_suffix(".settings.json")
+    if made_with(marker, settings) and path.is_file():
         return path
     openings = [json.loads(line)["prompt"] for line in files["prompts.jsonl"].read_text().splitlines()]
     openings = openings[: args.sample_pairs]
@@ -215,7 +243,9 @@ def sample_pairs(args, runs: Path, files: dict[str, Path], path: Path) -> Path:
         if a and b and abs(score_a - score_b) >= args.min_gap:
             chosen, rejected = (a, b) if score_a > score_b else (b, a)
             pairs.append({"prompt": opening, "chosen": chosen, "rejected": rejected})
-    return write_jsonl(path, pairs)
+    write_jsonl(path, pairs)
+    marker.write_text(json.dumps(settings), encoding="utf-8")
+    return path
 
 
 def reply_logps(model, prompts: list[list[int]], replies: list[list[int]], pad_id: int):
@@ -223,19 +253,16 @@ def reply_logps(model, prompts: list[list[int]], replies: list[list[int]], pad_i
     import torch
 
     from seqlab.align import sequence_logps
-    from seqlab.data.batching import pad_sequences
+    from seqlab.tasks.rl import reply_batch
 
     device = next(model.parameters()).device
     totals = []
     for start in range(0, len(prompts), 64):
-        rows = [p + r for p, r in zip(prompts[start:start + 64], replies[start:start + 64])]
-        ids, _ = pad_sequences([torch.tensor(row) for row in rows], pad_value=pad_id)
-        mask = torch.zeros_like(ids, dtype=torch.bool)
-        for i, (p, r) in enumerate(zip(prompts[start:start + 64], replies[start:start + 64])):
-            mask[i, len(p):len(p) + len(r)] = True
+        rows = slice(start, start + 64)
+        batch = reply_batch([p + r for p, r in zip(prompts[rows], replies[rows])], replies[rows], pad_id, device)
         with torch.no_grad():
-            logits = model(ids[:, :-1].to(device)).logits
-        totals.append(sequence_logps(logits, ids[:, 1:].to(device), mask[:, 1:].to(device)))
+            logits = model(batch["inputs"]).logits
+        totals.append(sequence_logps(logits, batch["labels"], batch["mask"]))
     return torch.cat(totals)
 
 
@@ -264,7 +291,7 @@ def reward_auc(args, reward_model, task) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def report(args, runs: Path, files: dict[str, Path], summaries: dict) -> None:
+def report(args, runs: Path, files: dict[str, Path]) -> None:
     """Sample every policy on the test openings; score with the reward model, the judge and the
     SFT model; write the table, samples and curves."""
     import torch
@@ -324,7 +351,7 @@ def table(rows: dict) -> str:
         ratio = r["distinct_2"] / sft["distinct_2"] if sft else float("nan")
         wall = f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") else "-"
         lines.append(f"| {name.upper()} | {r['judge_positive'] * 100:.1f} % | {r['reward']:+.2f} | "
-                     f"{r['kl']:.2f} | {r['distinct_2']:.3f} ({ratio:.2f}x) | {r['length_words']:.1f} | {wall} |")
+                     f"{r['kl']:.2f} | {r['distinct_2']:.3f} ({ratio:.3f}x) | {r['length_words']:.1f} | {wall} |")
     return "\n".join(lines) + "\n"
 
 
@@ -433,7 +460,6 @@ def main() -> None:
             f"trainer.max_steps={args.grpo_rollouts}", "trainer.eval_every=10",
             "trainer.eval_max_batches=8"]),
     }
-    summaries = {}
     for stage in STAGES:
         if args.pairs == "labels" and stage in ("ranker", "sample-pairs"):
             continue
@@ -442,9 +468,9 @@ def main() -> None:
         if stage in stages and stage in recipes:
             recipe, overrides = recipes[stage]
             quick = ["trainer.max_steps=10", "trainer.eval_every=5", "trainer.max_time_minutes=1"] if args.quick else []
-            summaries[stage] = run_seqlab(recipe, [*overrides, *common, *quick], runs / stage)
+            run_seqlab(recipe, [*overrides, *common, *quick], runs / stage)
     if "evaluate" in stages:
-        report(args, runs, files, summaries)
+        report(args, runs, files)
 
 if __name__ == "__main__":
     main()
