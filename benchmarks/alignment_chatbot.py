@@ -183,8 +183,12 @@ def transcript(run: Path) -> str:
     """Each message in a fresh conversation (`/reset` between them): the mixture is single-turn."""
     text = "\n/reset\n".join(TRANSCRIPT) + "\n/exit\n"
     result = subprocess.run([sys.executable, "-m", "seqlab", "chat", str(run), "--temperature", "0",
-                             "--max-new-tokens", "48"], input=text, capture_output=True, text=True, check=True)
+                             "--max-new-tokens", "48"], input=text, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"seqlab chat {run} failed: {result.stderr.strip()[-2000:]}")
     replies = result.stdout.splitlines()
+    if len(replies) != len(TRANSCRIPT):
+        raise RuntimeError(f"seqlab chat {run} printed {len(replies)} replies to {len(TRANSCRIPT)} messages")
     lines = [f"$ printf 'MESSAGE\\n/reset\\nMESSAGE ...' | seqlab chat {run.name} --temperature 0"]
     for message, reply in zip(TRANSCRIPT, replies):
         lines += [f"user> {message}", f"assistant> {reply}", "/reset"]

@@ -77,16 +77,32 @@ def test_pairs_carry_only_sentiment(data, tmp_path):
 
 
 def test_reward_model_and_judge_read_disjoint_sentences(data, tmp_path):
+    """The judge's sentences are not the reward half's, and every text in a pair continues a
+    reward-half sentence and no judge sentence; the test openings open test sentences."""
     files = _mr_files(data, tmp_path)
     judge = {s for s, _ in alignment_mr.read_tsv(files["judge.tsv"])}
-    pairs = [json.loads(line) for line in files["pairs.jsonl"].read_text().splitlines()]
-    reward_sentences = {f"{p['prompt']} {p['chosen']}" for p in pairs} | {f"{p['prompt']} {p['rejected']}" for p in pairs}
-    own = {s for s in reward_sentences if any(s == j for j in judge)}
-    assert judge and not own
+    reward_half = {s for s, _ in alignment_mr.read_tsv(files["ranker.tsv"])}
+    assert judge and reward_half and not judge & reward_half
+    assert len(judge) + len(reward_half) == 120  # the whole training split, halved
+
+    def continues(text, sentences):
+        return any(s.endswith(" " + text) for s in sentences)
+
+    for line in files["pairs.jsonl"].read_text().splitlines():
+        pair = json.loads(line)
+        for text in (pair["chosen"], pair["rejected"]):
+            assert continues(text, reward_half) and not continues(text, judge), text
     test_openings = [json.loads(line)["prompt"] for line in files["test_prompts.jsonl"].read_text().splitlines()]
     test_sentences = [s for s, _ in alignment_mr.read_tsv(data / "sentences" / "mr" / "test.tsv")]
     assert len(test_openings) == 30
     assert all(any(s.startswith(o + " ") for s in test_sentences) for o in test_openings)
+
+
+def test_data_made_with_other_settings_is_an_error(data, tmp_path):
+    _mr_files(data, tmp_path)
+    args = argparse.Namespace(data=data, seed=0, max_words=40, samples=10, pairs_per_sentence=1)
+    with pytest.raises(SystemExit, match=r"made with other settings \(samples 30 -> 10\)"):
+        alignment_mr.prepare_data(args, tmp_path / "out")
 
 
 def test_distinct_2_counts_word_bigrams():
