@@ -20,7 +20,7 @@
 
     python benchmarks/alignment_chatbot.py --data ../shared/data --out runs/alignment-chatbot
 
-Stages whose run directory has `summary.json` are not trained again. Writes `results.json`,
+A stage whose run directory finished with the same command is not trained again. Writes `results.json`,
 `table.md` and `transcript.txt` to --out.
 """
 

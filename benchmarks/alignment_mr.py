@@ -22,8 +22,9 @@ log pi - log pi_sft, averaged), distinct-2 over all replies, and the training wa
 
     python benchmarks/alignment_mr.py --data ../shared/data --out runs/alignment-mr
 
-A stage whose run directory already has `summary.json` is not trained again, so an interrupted
-study continues where it stopped. Writes `results.json`, `table.md`, `samples.md` and
+A stage whose run directory already finished with the same command is not trained again, so an
+interrupted study continues where it stopped; data or a run made with other settings is an
+error naming the difference (give another --out). Writes `results.json`, `table.md`, `samples.md` and
 `curves.png` (reward and KL over PPO / GRPO training) to --out.
 """
 
