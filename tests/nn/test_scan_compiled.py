@@ -16,17 +16,17 @@ LENGTHS = torch.tensor([6, 2, 4])
 
 # every configuration that runs through scan (the plain cells only with fused=False)
 VARIANTS = {
-    "rnn-tanh": lambda **kw: RNN(H_IN, H, fused=False, **kw),
-    "rnn-relu": lambda **kw: RNN(H_IN, H, nonlinearity="relu", fused=False, **kw),
-    "lstm": lambda **kw: LSTM(H_IN, H, fused=False, **kw),
-    "lstm-peephole": lambda **kw: LSTM(H_IN, H, peephole=True, **kw),
-    "lstm-coupled": lambda **kw: LSTM(H_IN, H, coupled=True, **kw),
-    "lstm-peephole-coupled": lambda **kw: LSTM(H_IN, H, peephole=True, coupled=True, **kw),
-    "lstm-peephole-no-bias": lambda **kw: LSTM(H_IN, H, peephole=True, bias=False, **kw),
-    "gru": lambda **kw: GRU(H_IN, H, fused=False, **kw),
-    "gru-no-bias": lambda **kw: GRU(H_IN, H, fused=False, bias=False, **kw),
-    "gru-reset-before": lambda **kw: GRU(H_IN, H, reset_after=False, **kw),
-    "gru-reset-before-no-bias": lambda **kw: GRU(H_IN, H, reset_after=False, bias=False, **kw),
+    "rnn-tanh": lambda i=H_IN, h=H, **kw: RNN(i, h, fused=False, **kw),
+    "rnn-relu": lambda i=H_IN, h=H, **kw: RNN(i, h, nonlinearity="relu", fused=False, **kw),
+    "lstm": lambda i=H_IN, h=H, **kw: LSTM(i, h, fused=False, **kw),
+    "lstm-peephole": lambda i=H_IN, h=H, **kw: LSTM(i, h, peephole=True, **kw),
+    "lstm-coupled": lambda i=H_IN, h=H, **kw: LSTM(i, h, coupled=True, **kw),
+    "lstm-peephole-coupled": lambda i=H_IN, h=H, **kw: LSTM(i, h, peephole=True, coupled=True, **kw),
+    "lstm-peephole-no-bias": lambda i=H_IN, h=H, **kw: LSTM(i, h, peephole=True, bias=False, **kw),
+    "gru": lambda i=H_IN, h=H, **kw: GRU(i, h, fused=False, **kw),
+    "gru-no-bias": lambda i=H_IN, h=H, **kw: GRU(i, h, fused=False, bias=False, **kw),
+    "gru-reset-before": lambda i=H_IN, h=H, **kw: GRU(i, h, reset_after=False, **kw),
+    "gru-reset-before-no-bias": lambda i=H_IN, h=H, **kw: GRU(i, h, reset_after=False, bias=False, **kw),
 }
 
 TOLERANCES = {torch.float64: {"rtol": 1e-10, "atol": 1e-12},
@@ -223,3 +223,34 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
         warnings.simplefilter("error")  # it warned once, and only once
         run(layer, x, h0, h0.clone(), LENGTHS)
         assert not build_compiled()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_threaded_rows_and_inference_buffers(variant, dtype, monkeypatch, counting):
+    """A batch large enough for the rows to be shared across threads gives the Python loop's
+    results, and a forward pass without gradients (two steps' buffers) gives the same outputs
+    and final states as one that keeps every step for the backward pass."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        batch, hidden = 280, 128  # batch * width >= 2**15 for every cell: rows run threaded
+        layer = VARIANTS[variant](H_IN, hidden).to(dtype)
+        x = torch.randn(5, batch, H_IN, dtype=dtype)
+        h0 = torch.randn(1, batch, hidden, dtype=dtype)
+        c0 = torch.randn(1, batch, hidden, dtype=dtype)
+        lengths = torch.randint(1, 6, (batch,))
+        compiled, python = both_paths(monkeypatch, counting, layer, x, h0, c0, lengths)
+        for index, (ours, reference) in enumerate(zip(compiled, python)):
+            torch.testing.assert_close(ours, reference, **TOLERANCES[dtype], msg=f"tensor {index}")
+        monkeypatch.setenv(SWITCH, "1")
+        is_lstm = isinstance(layer, LSTM)
+        with torch.no_grad():
+            output, state = layer(x, (h0, c0) if is_lstm else h0, lengths=lengths)
+        states = list(state) if is_lstm else [state]
+        for index, (ours, reference) in enumerate(zip([output, *states], compiled)):
+            torch.testing.assert_close(ours, reference, rtol=0, atol=0, msg=f"tensor {index}")
+    finally:
+        torch.set_num_threads(threads)
+

@@ -17,12 +17,14 @@ Shapes: x_proj (L, N, G·H) with gates in the layer's layout, h0 / c0 (N, H), va
 
 The compiled loop. Small steps (say N=8, H=128) spend most of their time dispatching the dozen
 small operations above from Python. ``csrc/scan.cpp`` runs the same forward and backward steps
-in C++: per step one matrix product into a preallocated buffer (two for the GRU with
-``reset_after=False``, as here) and one fused loop over the batch and units for all the gate
-arithmetic, in float32 and float64. It follows the Python loop's masking, directions and initial
-states, saves what it saves, and leaves the same sums over steps (weight, bias and peephole
-gradients) to the functions below, so the two loops agree to rounding: float64 to ~1e-15,
-float32 to ~1e-6 (its exp and tanh are short polynomials that the compiler can vectorise).
+in C++: per step one matrix product W_hh h, called straight into BLAS (two for the GRU with
+``reset_after=False``, as here), and loops over the batch rows and units that add the input side
+and do all the gate arithmetic, shared out across threads when a step is large enough, in
+float32 and float64. It follows the Python loop's masking, directions and initial states, saves
+what it saves, and leaves the same sums over steps (weight, bias and peephole gradients) to the
+functions below, so the two loops agree to rounding: float64 to ~1e-15, float32 to ~1e-6 (its
+exp and tanh are short polynomials that the compiler can vectorise). When no input needs a
+gradient (inference, ``torch.no_grad()``) it keeps two steps' buffers instead of every step's.
 
 It is built once with ``torch.utils.cpp_extension.load`` into torch's extension cache (``make
 install`` does it; otherwise the first run waits for the compiler) and then used automatically
@@ -435,8 +437,9 @@ def _use_compiled(*tensors: Tensor | None) -> bool:
     return not _is_compiling() and compiled_available()
 
 
-def _compiled_rnn_forward(x_proj, h, weight_hh, valid, nonlinearity):
-    outputs, h, prevs = _kernel.rnn_forward(x_proj, h, weight_hh, valid, nonlinearity == "relu")
+def _compiled_rnn_forward(x_proj, h, weight_hh, valid, nonlinearity, keep=True):
+    outputs, h, prevs = _kernel.rnn_forward(x_proj, h, weight_hh, valid, nonlinearity == "relu",
+                                            keep)
     return outputs, h, (outputs, prevs)
 
 
@@ -447,9 +450,9 @@ def _compiled_rnn_backward(grad_out, grad_h, weight_hh, valid, saved, nonlineari
     return grad_x_proj, grad_h, grad_x_proj, prevs
 
 
-def _compiled_lstm_forward(x_proj, h, c, weight_hh, weight_ch, valid, coupled):
+def _compiled_lstm_forward(x_proj, h, c, weight_hh, weight_ch, valid, coupled, keep=True):
     outputs, h, c, *saved = _kernel.lstm_forward(x_proj, h, c, weight_hh, weight_ch, valid,
-                                                 coupled)
+                                                 coupled, keep)
     return outputs, h, c, tuple(saved)  # acts, c_prevs, c_news, tanh_cs, h_prevs
 
 
@@ -465,8 +468,9 @@ def _compiled_lstm_backward(grad_out, grad_h, grad_c, weight_hh, weight_ch, vali
     return grad_gates, grad_h, grad_c, grad_gates, h_prevs, grad_weight_ch
 
 
-def _compiled_gru_forward(x_proj, h, weight_hh, bias_hh, valid, reset_after):
-    outputs, h, *saved = _kernel.gru_forward(x_proj, h, weight_hh, bias_hh, valid, reset_after)
+def _compiled_gru_forward(x_proj, h, weight_hh, bias_hh, valid, reset_after, keep=True):
+    outputs, h, *saved = _kernel.gru_forward(x_proj, h, weight_hh, bias_hh, valid, reset_after,
+                                             keep)
     return outputs, h, tuple(saved)  # acts, h_prevs, hidden_n
 
 
@@ -495,13 +499,15 @@ class _Scan(torch.autograd.Function):
         ctx.cell, ctx.option = cell, option
         ctx.compiled = _use_compiled(x_proj, h0, c0, weight_hh, bias_hh, weight_ch)
         run, _ = _LOOPS[ctx.compiled][cell]
+        # without a backward pass to come, the compiled loop keeps two steps' buffers, not all
+        keep = {"keep": any(ctx.needs_input_grad)} if ctx.compiled else {}
         if cell == "LSTM":
-            outputs, h, c, saved = run(x_proj, h0, c0, weight_hh, weight_ch, valid, option)
+            outputs, h, c, saved = run(x_proj, h0, c0, weight_hh, weight_ch, valid, option, **keep)
         elif cell == "GRU":
-            outputs, h, saved = run(x_proj, h0, weight_hh, bias_hh, valid, option)
+            outputs, h, saved = run(x_proj, h0, weight_hh, bias_hh, valid, option, **keep)
             c = None
         else:
-            outputs, h, saved = run(x_proj, h0, weight_hh, valid, option)
+            outputs, h, saved = run(x_proj, h0, weight_hh, valid, option, **keep)
             c = None
         if valid is not None and not ctx.compiled:
             outputs = outputs * valid  # a sequence emits zeros past its length (compiled: already)

@@ -1,18 +1,22 @@
 // The time loop of seqlab.nn.scan, compiled: the same recurrences and the same hand-written
 // backward pass as the Python loop in scan.py, which stays the readable reference.
 //
-// Each step is one matrix product into a preallocated buffer (two for the GRU with the reset
-// gate before W_hn) and one plain loop over the batch and the units that does all the gate
-// arithmetic. Tensors are time-major and contiguous: x_proj (L, N, G*H), states (N, H),
-// valid (L, N, 1) bool or absent. A step outside a sequence's length emits zeros and keeps
-// the previous state; in the backward pass it passes the state gradient through unchanged.
-// Sums over steps (weight, bias and peephole gradients) are left to the Python side.
+// Each step is one matrix product W_hh h into a preallocated buffer (two for the GRU with the
+// reset gate before W_hn), called straight into BLAS, then loops over the batch rows and the
+// units that add the input side x_proj and do all the gate arithmetic; the rows are shared
+// out across threads when a step is large enough to pay for it. Tensors are time-major and
+// contiguous: x_proj (L, N, G*H), states (N, H), valid (L, N, 1) bool or absent. A step
+// outside a sequence's length emits zeros and keeps the previous state; in the backward pass
+// it passes the state gradient through unchanged. Sums over steps (weight, bias and peephole
+// gradients) are left to the Python side. A forward pass that no backward pass will follow
+// (keep = false) holds only the buffers of two steps instead of every step's.
 //
 // The loops over units are written so that the compiler can vectorise them: float32 uses the
 // exp and tanh below (a few units in the last place, no library call); float64 uses std::exp
 // and std::tanh, so that gradcheck sees the exact functions.
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -85,6 +89,52 @@ inline T sigmoid_(T x) {
   return T(1) / (T(1) + exp_(-x));
 }
 
+// ---------------------------------------------------------------- matrix products
+
+// BLAS's general matrix product, which torch's CPU builds carry (MKL or OpenBLAS). Declared
+// weak, so that the library loads where a build lacks them; the products then go through
+// at::mm_out. Called directly, a step's product skips the dispatcher and the Tensor wrappers.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b,
+            const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+}
+
+// c (m, n) = a (m, k) b (k, n), or c += a b when accumulate; row-major, with row strides lda,
+// ldb, ldc. BLAS is column-major, where the same memory reads c^T = b^T a^T.
+template <typename T>
+void matmul(const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, int64_t m,
+            int64_t k, int64_t n, bool accumulate = false) {
+  if (m == 0 || n == 0) return;
+  const T one = 1, beta = accumulate ? 1 : 0;
+  const int rows = m, inner = k, cols = n, la = lda, lb = ldb, lc = ldc;
+  if (k > 0) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (sgemm_ != nullptr) {
+        sgemm_("N", "N", &cols, &rows, &inner, &one, b, &lb, a, &la, &beta, c, &lc);
+        return;
+      }
+    } else {
+      if (dgemm_ != nullptr) {
+        dgemm_("N", "N", &cols, &rows, &inner, &one, b, &lb, a, &la, &beta, c, &lc);
+        return;
+      }
+    }
+  }
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const Tensor ta = at::from_blob(const_cast<T*>(a), {m, k}, {lda, 1}, options);
+  const Tensor tb = at::from_blob(const_cast<T*>(b), {k, n}, {ldb, 1}, options);
+  Tensor tc = at::from_blob(c, {m, n}, {ldc, 1}, options);
+  if (accumulate) {
+    tc.addmm_(ta, tb);
+  } else {
+    tc.copy_(at::mm(ta, tb));
+  }
+}
+
 // ---------------------------------------------------------------- shared helpers
 
 // Whether step t of sequence n lies inside its length.
@@ -108,12 +158,10 @@ void check_inputs(const Tensor& x_proj, const Tensor& h0) {
               "scan: expected x_proj (L, N, G*H) and a state (N, H)");
 }
 
-// Copy the rows of `from` (N, H) that are inside their sequence at step t into `to`.
+// Copy the rows of `src` (N, H) that are inside their sequence at step t into `dst`.
 template <typename T>
-void copy_valid_rows(const Mask& mask, int64_t t, const Tensor& from, Tensor& to) {
-  const int64_t batch = to.size(0), hidden = to.size(1);
-  const T* src = from.data_ptr<T>();
-  T* dst = to.data_ptr<T>();
+void copy_valid_rows(const Mask& mask, int64_t t, const T* src, T* dst, int64_t batch,
+                     int64_t hidden) {
   for (int64_t n = 0; n < batch; ++n) {
     if (mask(t, n)) std::memcpy(dst + n * hidden, src + n * hidden, hidden * sizeof(T));
   }
@@ -124,6 +172,44 @@ template <typename T>
 void keep_state(T* out, const T* prev, T* next, int64_t hidden) {
   std::fill(out, out + hidden, T(0));
   std::memcpy(next, prev, hidden * sizeof(T));
+}
+
+// W^T as a contiguous matrix: the per-step products h W^T run markedly faster on it than on
+// the transposed view (measured with MKL on this CPU), and it is made once per call.
+Tensor transposed(const Tensor& weight) { return weight.t().contiguous(); }
+
+// Step t of a contiguous time-major tensor (L, N, W): its (N, W) block, by pointer arithmetic
+// (slicing a Tensor at every step costs more than the arithmetic of a small step). A buffer
+// with fewer blocks than steps is a ring: step t uses block t mod its size.
+template <typename T>
+struct Steps {
+  T* base;
+  int64_t stride, blocks;
+  explicit Steps(const Tensor& tensor)
+      : base(tensor.data_ptr<T>()), stride(tensor.stride(0)), blocks(tensor.size(0)) {}
+  T* operator[](int64_t t) const { return base + (t % blocks) * stride; }
+};
+
+// A per-step buffer (L, N, W) when the backward pass will read it (keep), otherwise a ring of
+// `ring` blocks: a forward pass without gradients holds two states and one step's gates, not L.
+Tensor step_buffer(int64_t length, int64_t batch, int64_t width, bool keep, int64_t ring,
+                   const at::TensorOptions& options) {
+  return at::empty({keep ? length : std::min(length, ring), batch, width}, options);
+}
+
+// Runs body(n) for every row n of the batch: across threads when a step has enough work
+// (rows * width elements) to pay for waking them, in order on this thread otherwise.
+template <typename Body>
+void over_rows(int64_t batch, int64_t width, const Body& body) {
+  constexpr int64_t kGrain = 1 << 14;  // elements per thread, below which one thread is quicker
+  if (batch * width < 2 * kGrain || at::get_num_threads() < 2) {
+    for (int64_t n = 0; n < batch; ++n) body(n);
+    return;
+  }
+  const int64_t rows = std::max<int64_t>(1, kGrain / width);
+  at::parallel_for(0, batch, rows, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) body(n);
+  });
 }
 
 // Calls body(a, b) with two runtime flags turned into std::true_type / std::false_type.
@@ -139,41 +225,46 @@ void with_flags(bool a, bool b, Body&& body) {
 // ---------------------------------------------------------------- RNN: h' = act(x_proj + W_hh h)
 
 template <typename T, bool kRelu>
-void rnn_forward_row(T* __restrict__ out, T* __restrict__ h_next, int64_t hidden) {
+void rnn_forward_row(const T* __restrict__ x, T* __restrict__ out, T* __restrict__ h_next,
+                     int64_t hidden) {
   for (int64_t j = 0; j < hidden; ++j) {
-    const T h = kRelu ? std::max(out[j], T(0)) : tanh_(out[j]);  // out holds the pre-activation
+    const T pre = x[j] + out[j];  // out holds W_hh h
+    const T h = kRelu ? std::max(pre, T(0)) : tanh_(pre);
     out[j] = h;
     h_next[j] = h;
   }
 }
 
-// Returns outputs (zeros past each length), h_n and prevs (L, N, H), the state before each step.
+// Returns outputs (zeros past each length), h_n and prevs (L, N, H), the state before each step
+// (only its last two blocks when not keep).
 std::vector<Tensor> rnn_forward(Tensor x_proj, Tensor h0, Tensor weight_hh,
-                                std::optional<Tensor> valid, bool relu) {
+                                std::optional<Tensor> valid, bool relu, bool keep) {
   check_inputs(x_proj, h0);
   x_proj = x_proj.contiguous();
   const int64_t length = x_proj.size(0), batch = h0.size(0), hidden = h0.size(1);
   const Mask mask = make_mask(valid, batch);
   Tensor outputs = at::empty_like(x_proj);
-  Tensor prevs = at::empty_like(x_proj);
+  Tensor prevs = step_buffer(length, batch, hidden, keep, 2, x_proj.options());
   Tensor h_n = at::empty_like(h0);
   if (length == 0) return {outputs, h_n.copy_(h0), prevs};
   prevs[0].copy_(h0);
-  Tensor weight_t = weight_hh.t();
+  const Tensor weight_t = transposed(weight_hh);
   AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "rnn_forward", [&] {
     using T = scalar_t;
+    const Steps<T> xs(x_proj), outs(outputs), h_prevs(prevs);
+    const T* w_t = weight_t.data_ptr<T>();
     with_flags(relu, false, [&](auto relu_flag, auto) {
       for (int64_t t = 0; t < length; ++t) {
-        Tensor out_t = outputs[t], prev_t = prevs[t];
-        at::addmm_out(out_t, x_proj[t], prev_t, weight_t);  // pre-activations
-        T* out = out_t.data_ptr<T>();
-        const T* h_prev = prev_t.data_ptr<T>();
-        T* h_next = (t + 1 < length ? prevs[t + 1] : h_n).data_ptr<T>();
-        for (int64_t n = 0; n < batch; ++n) {
+        const T* x = xs[t];
+        T* out = outs[t];
+        const T* h_prev = h_prevs[t];
+        T* h_next = t + 1 < length ? h_prevs[t + 1] : h_n.data_ptr<T>();
+        matmul(h_prev, hidden, w_t, hidden, out, hidden, batch, hidden, hidden);  // W_hh h
+        over_rows(batch, hidden, [&](int64_t n) {
           const int64_t k = n * hidden;
-          rnn_forward_row<T, decltype(relu_flag)::value>(out + k, h_next + k, hidden);
+          rnn_forward_row<T, decltype(relu_flag)::value>(x + k, out + k, h_next + k, hidden);
           if (!mask(t, n)) keep_state(out + k, h_prev + k, h_next + k, hidden);
-        }
+        });
       }
     });
   });
@@ -196,18 +287,22 @@ std::vector<Tensor> rnn_backward(Tensor grad_out, Tensor grad_h, Tensor weight_h
   grad_out = grad_out.contiguous();
   grad_h = grad_h.contiguous().clone();
   const int64_t length = outputs.size(0), batch = outputs.size(1), hidden = outputs.size(2);
+  outputs = outputs.contiguous();
   const Mask mask = make_mask(valid, batch);
   Tensor grad_x_proj = at::empty_like(outputs);
   Tensor product = at::empty_like(grad_h);  // grad_pre W_hh, before the masked rows are kept
+  const Tensor weight = weight_hh.contiguous();
   AT_DISPATCH_FLOATING_TYPES(outputs.scalar_type(), "rnn_backward", [&] {
     using T = scalar_t;
+    const Steps<T> grad_pres(grad_x_proj), grad_outs(grad_out), outs(outputs);
+    const T* w = weight.data_ptr<T>();
+    T* prod = product.data_ptr<T>();
     with_flags(relu, false, [&](auto relu_flag, auto) {
-      const T* grad_state = grad_h.data_ptr<T>();
+      T* grad_state = grad_h.data_ptr<T>();
       for (int64_t t = length - 1; t >= 0; --t) {
-        Tensor grad_pre_t = grad_x_proj[t];
-        T* grad_pre = grad_pre_t.data_ptr<T>();
-        const T* grad_o = grad_out[t].data_ptr<T>();
-        const T* h = outputs[t].data_ptr<T>();
+        T* grad_pre = grad_pres[t];
+        const T* grad_o = grad_outs[t];
+        const T* h = outs[t];
         for (int64_t n = 0; n < batch; ++n) {
           const int64_t k = n * hidden;
           if (mask(t, n)) {
@@ -218,10 +313,10 @@ std::vector<Tensor> rnn_backward(Tensor grad_out, Tensor grad_h, Tensor weight_h
           }
         }
         if (mask.data == nullptr) {
-          at::mm_out(grad_h, grad_pre_t, weight_hh);
+          matmul(grad_pre, hidden, w, hidden, grad_state, hidden, batch, hidden, hidden);
         } else {
-          at::mm_out(product, grad_pre_t, weight_hh);
-          copy_valid_rows<T>(mask, t, product, grad_h);
+          matmul(grad_pre, hidden, w, hidden, prod, hidden, batch, hidden, hidden);
+          copy_valid_rows<T>(mask, t, prod, grad_state, batch, hidden);
         }
       }
     });
@@ -233,42 +328,42 @@ std::vector<Tensor> rnn_backward(Tensor grad_out, Tensor grad_h, Tensor weight_h
 // Gates per row: i, f, g, o (coupled: f, g, o, with i = 1 - f). Peepholes: weight_ch holds
 // w_ci, w_cf, w_co (coupled: w_cf, w_co); i and f look at c_{t-1}, o at c_t.
 
-// One row of the batch at one step: acts (G*H) holds the pre-activations and gets the
-// activations; the other pointers are (H) slices of the step's buffers.
+// One row of the batch at one step: x (G*H) is the input side of the pre-activations, acts
+// (G*H) holds the hidden side W_hh h and gets the activations; the other pointers are (H)
+// slices of the step's buffers. Three passes: i and f (contiguous, with their peepholes), g,
+// then the cell, o and h.
 template <typename T, bool kCoupled, bool kPeephole>
-void lstm_forward_row(T* __restrict__ acts, const T* __restrict__ c_prev, T* __restrict__ c_new,
-                      T* __restrict__ tanh_c, T* __restrict__ out, T* __restrict__ h_next,
-                      T* __restrict__ c_next, const T* __restrict__ w_ch, int64_t hidden) {
-  T* __restrict__ i_gate = acts;
-  T* __restrict__ f_gate = acts + (kCoupled ? 0 : hidden);
-  T* __restrict__ g_gate = f_gate + hidden;
-  T* __restrict__ o_gate = g_gate + hidden;
-  const T* __restrict__ w_ci = w_ch;
-  const T* __restrict__ w_cf = kCoupled ? w_ch : w_ch + hidden;
-  const T* __restrict__ w_co = w_cf + hidden;
-  for (int64_t j = 0; j < hidden; ++j) {
-    const T c = c_prev[j];
-    T f_pre = f_gate[j];
-    if constexpr (kPeephole) f_pre += w_cf[j] * c;
-    const T f = sigmoid_(f_pre);
-    const T g = tanh_(g_gate[j]);
-    T cell;
-    if constexpr (kCoupled) {
-      cell = g + f * (c - g);  // f c + (1 - f) g
-    } else {
-      T i_pre = i_gate[j];
-      if constexpr (kPeephole) i_pre += w_ci[j] * c;
-      const T i = sigmoid_(i_pre);
-      i_gate[j] = i;
-      cell = f * c + i * g;
+void lstm_forward_row(const T* __restrict__ x, T* __restrict__ acts, const T* __restrict__ c_prev,
+                      T* __restrict__ c_new, T* __restrict__ tanh_c, T* __restrict__ out,
+                      T* __restrict__ h_next, T* __restrict__ c_next, const T* __restrict__ w_ch,
+                      int64_t hidden) {
+  constexpr int64_t kPeeps = kCoupled ? 1 : 2;  // the sigmoid gates before g: (i, f) or f
+  for (int64_t p = 0; p < kPeeps; ++p) {
+    T* __restrict__ gate = acts + p * hidden;
+    const T* __restrict__ x_gate = x + p * hidden;
+    const T* __restrict__ w = w_ch + p * hidden;
+    for (int64_t j = 0; j < hidden; ++j) {
+      T pre = gate[j] + x_gate[j];
+      if constexpr (kPeephole) pre += w[j] * c_prev[j];  // i and f peep at the previous cell
+      gate[j] = sigmoid_(pre);
     }
-    T o_pre = o_gate[j];
-    if constexpr (kPeephole) o_pre += w_co[j] * cell;
+  }
+  T* __restrict__ g_gate = acts + kPeeps * hidden;
+  const T* __restrict__ x_g = x + kPeeps * hidden;
+  for (int64_t j = 0; j < hidden; ++j) g_gate[j] = tanh_(g_gate[j] + x_g[j]);
+  const T* __restrict__ i_gate = acts;
+  const T* __restrict__ f_gate = acts + (kPeeps - 1) * hidden;
+  T* __restrict__ o_gate = acts + (kPeeps + 1) * hidden;
+  const T* __restrict__ x_o = x + (kPeeps + 1) * hidden;
+  const T* __restrict__ w_co = w_ch + kPeeps * hidden;
+  for (int64_t j = 0; j < hidden; ++j) {
+    const T c = c_prev[j], f = f_gate[j], g = g_gate[j];
+    const T cell = kCoupled ? g + f * (c - g) : f * c + i_gate[j] * g;  // coupled: i = 1 - f
+    T o_pre = o_gate[j] + x_o[j];
+    if constexpr (kPeephole) o_pre += w_co[j] * cell;  // o peeps at the new cell
     const T o = sigmoid_(o_pre);
     const T tc = tanh_(cell);
     const T h = o * tc;
-    f_gate[j] = f;
-    g_gate[j] = g;
     o_gate[j] = o;
     c_new[j] = cell;
     tanh_c[j] = tc;
@@ -279,19 +374,22 @@ void lstm_forward_row(T* __restrict__ acts, const T* __restrict__ c_prev, T* __r
 }
 
 // Returns outputs, h_n, c_n and what the backward pass needs: acts (the gate activations),
-// c_prevs, c_news, tanh(c_news), h_prevs, each (L, N, ·).
+// c_prevs, c_news, tanh(c_news), h_prevs, each (L, N, ·) (when keep; rings otherwise).
 std::vector<Tensor> lstm_forward(Tensor x_proj, Tensor h0, Tensor c0, Tensor weight_hh,
                                  std::optional<Tensor> weight_ch, std::optional<Tensor> valid,
-                                 bool coupled) {
+                                 bool coupled, bool keep) {
   check_inputs(x_proj, h0);
   x_proj = x_proj.contiguous();
   const int64_t length = x_proj.size(0), batch = h0.size(0), hidden = h0.size(1);
   const int64_t gates = coupled ? 3 : 4;
   const Mask mask = make_mask(valid, batch);
-  Tensor acts = at::empty_like(x_proj);
-  Tensor outputs = at::empty({length, batch, hidden}, x_proj.options());
-  Tensor h_prevs = at::empty_like(outputs), c_prevs = at::empty_like(outputs);
-  Tensor c_news = at::empty_like(outputs), tanh_cs = at::empty_like(outputs);
+  const auto options = x_proj.options();
+  Tensor acts = step_buffer(length, batch, gates * hidden, keep, 1, options);
+  Tensor outputs = at::empty({length, batch, hidden}, options);
+  Tensor h_prevs = step_buffer(length, batch, hidden, keep, 2, options);
+  Tensor c_prevs = step_buffer(length, batch, hidden, keep, 2, options);
+  Tensor c_news = step_buffer(length, batch, hidden, keep, 1, options);
+  Tensor tanh_cs = step_buffer(length, batch, hidden, keep, 1, options);
   Tensor h_n = at::empty_like(h0), c_n = at::empty_like(c0);
   if (length == 0) {
     return {outputs, h_n.copy_(h0), c_n.copy_(c0), acts, c_prevs, c_news, tanh_cs, h_prevs};
@@ -299,32 +397,36 @@ std::vector<Tensor> lstm_forward(Tensor x_proj, Tensor h0, Tensor c0, Tensor wei
   h_prevs[0].copy_(h0);
   c_prevs[0].copy_(c0);
   Tensor w_ch = weight_ch.has_value() ? weight_ch->contiguous() : Tensor();
-  Tensor weight_t = weight_hh.t();
+  const Tensor weight_t = transposed(weight_hh);
   AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "lstm_forward", [&] {
     using T = scalar_t;
     const T* w = w_ch.defined() ? w_ch.data_ptr<T>() : nullptr;
+    const T* w_t = weight_t.data_ptr<T>();
+    const Steps<T> xs(x_proj), as(acts), hs(h_prevs), cs(c_prevs), c_ns(c_news), tcs(tanh_cs),
+        outs(outputs);
+    const int64_t width = gates * hidden;
     with_flags(coupled, w != nullptr, [&](auto coupled_flag, auto peephole_flag) {
       for (int64_t t = 0; t < length; ++t) {
-        Tensor acts_t = acts[t], h_prev_t = h_prevs[t];
-        at::addmm_out(acts_t, x_proj[t], h_prev_t, weight_t);  // (N, G*H) pre-activations
-        T* a = acts_t.data_ptr<T>();
-        const T* h_prev = h_prev_t.data_ptr<T>();
-        const T* c_prev = c_prevs[t].data_ptr<T>();
-        T* c_new = c_news[t].data_ptr<T>();
-        T* tanh_c = tanh_cs[t].data_ptr<T>();
-        T* out = outputs[t].data_ptr<T>();
-        T* h_next = (t + 1 < length ? h_prevs[t + 1] : h_n).data_ptr<T>();
-        T* c_next = (t + 1 < length ? c_prevs[t + 1] : c_n).data_ptr<T>();
-        for (int64_t n = 0; n < batch; ++n) {
-          const int64_t k = n * hidden;
+        const T* x = xs[t];
+        T* a = as[t];
+        const T* h_prev = hs[t];
+        const T* c_prev = cs[t];
+        T* c_new = c_ns[t];
+        T* tanh_c = tcs[t];
+        T* out = outs[t];
+        T* h_next = t + 1 < length ? hs[t + 1] : h_n.data_ptr<T>();
+        T* c_next = t + 1 < length ? cs[t + 1] : c_n.data_ptr<T>();
+        matmul(h_prev, hidden, w_t, width, a, width, batch, hidden, width);  // W_hh h
+        over_rows(batch, gates * hidden, [&](int64_t n) {
+          const int64_t k = n * hidden, r = n * gates * hidden;
           lstm_forward_row<T, decltype(coupled_flag)::value, decltype(peephole_flag)::value>(
-              a + n * gates * hidden, c_prev + k, c_new + k, tanh_c + k, out + k, h_next + k,
-              c_next + k, w, hidden);
+              x + r, a + r, c_prev + k, c_new + k, tanh_c + k, out + k, h_next + k, c_next + k,
+              w, hidden);
           if (!mask(t, n)) {
             keep_state(out + k, h_prev + k, h_next + k, hidden);
             std::memcpy(c_next + k, c_prev + k, hidden * sizeof(T));
           }
-        }
+        });
       }
     });
   });
@@ -378,37 +480,45 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_h, Tensor grad_c,
   const int64_t length = acts.size(0), batch = grad_h.size(0), hidden = grad_h.size(1);
   const int64_t gates = coupled ? 3 : 4;
   const Mask mask = make_mask(valid, batch);
+  acts = acts.contiguous();
+  c_prevs = c_prevs.contiguous();
+  tanh_cs = tanh_cs.contiguous();
+  const Tensor weight = weight_hh.contiguous();
   Tensor grad_gates = at::empty_like(acts);
   Tensor product = at::empty_like(grad_h);
   Tensor w_ch = weight_ch.has_value() ? weight_ch->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "lstm_backward", [&] {
     using T = scalar_t;
     const T* w = w_ch.defined() ? w_ch.data_ptr<T>() : nullptr;
+    const T* w_hh = weight.data_ptr<T>();
+    T* prod = product.data_ptr<T>();
+    const Steps<T> grad_gate_steps(grad_gates), as(acts), cs(c_prevs), tcs(tanh_cs),
+        grad_outs(grad_out);
+    const int64_t width = gates * hidden;
     with_flags(coupled, w != nullptr, [&](auto coupled_flag, auto peephole_flag) {
-      const T* grad_state = grad_h.data_ptr<T>();
+      T* grad_state = grad_h.data_ptr<T>();
       T* grad_cell = grad_c.data_ptr<T>();
       for (int64_t t = length - 1; t >= 0; --t) {
-        Tensor grad_gates_t = grad_gates[t];
-        T* grad_rows = grad_gates_t.data_ptr<T>();
-        const T* a = acts[t].data_ptr<T>();
-        const T* c_prev = c_prevs[t].data_ptr<T>();
-        const T* tanh_c = tanh_cs[t].data_ptr<T>();
-        const T* grad_o = grad_out[t].data_ptr<T>();
-        for (int64_t n = 0; n < batch; ++n) {
-          const int64_t k = n * hidden, r = n * gates * hidden;
+        T* grad_rows = grad_gate_steps[t];
+        const T* a = as[t];
+        const T* c_prev = cs[t];
+        const T* tanh_c = tcs[t];
+        const T* grad_o = grad_outs[t];
+        over_rows(batch, width, [&](int64_t n) {
+          const int64_t k = n * hidden, r = n * width;
           if (mask(t, n)) {
             lstm_backward_row<T, decltype(coupled_flag)::value, decltype(peephole_flag)::value>(
                 grad_rows + r, a + r, c_prev + k, tanh_c + k, grad_o + k, grad_state + k,
                 grad_cell + k, w, hidden);
           } else {  // past the end: no gradient for the gates, the state's passes through
-            std::fill(grad_rows + r, grad_rows + r + gates * hidden, T(0));
+            std::fill(grad_rows + r, grad_rows + r + width, T(0));
           }
-        }
+        });
         if (mask.data == nullptr) {
-          at::mm_out(grad_h, grad_gates_t, weight_hh);
+          matmul(grad_rows, width, w_hh, hidden, grad_state, hidden, batch, width, hidden);
         } else {
-          at::mm_out(product, grad_gates_t, weight_hh);
-          copy_valid_rows<T>(mask, t, product, grad_h);
+          matmul(grad_rows, width, w_hh, hidden, prod, hidden, batch, width, hidden);
+          copy_valid_rows<T>(mask, t, prod, grad_state, batch, hidden);
         }
       }
     });
@@ -423,13 +533,13 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_h, Tensor grad_c,
 // reset_after: r, z, n from x_proj and the hidden side W_hh h + b_hh, then the new state.
 template <typename T>
 void gru_forward_row_after(const T* __restrict__ x, const T* __restrict__ side,
-                           T* __restrict__ act, T* __restrict__ saved_n,
-                           const T* __restrict__ h_prev, T* __restrict__ out,
-                           T* __restrict__ h_next, int64_t hidden) {
+                           const T* __restrict__ bias, T* __restrict__ act,
+                           T* __restrict__ saved_n, const T* __restrict__ h_prev,
+                           T* __restrict__ out, T* __restrict__ h_next, int64_t hidden) {
   for (int64_t j = 0; j < hidden; ++j) {
-    const T r = sigmoid_(x[j] + side[j]);
-    const T z = sigmoid_(x[hidden + j] + side[hidden + j]);
-    const T side_n = side[2 * hidden + j];
+    const T r = sigmoid_(x[j] + side[j] + bias[j]);
+    const T z = sigmoid_(x[hidden + j] + side[hidden + j] + bias[hidden + j]);
+    const T side_n = side[2 * hidden + j] + bias[2 * hidden + j];
     const T gate_n = tanh_(x[2 * hidden + j] + r * side_n);
     const T h = gate_n + z * (h_prev[j] - gate_n);  // (1 - z) n + z h
     act[j] = r;
@@ -444,12 +554,12 @@ void gru_forward_row_after(const T* __restrict__ x, const T* __restrict__ side,
 // reset before, first half: r, z from x_proj and W_hrz h + b_hrz, and r h for W_hn.
 template <typename T>
 void gru_forward_row_gates(const T* __restrict__ x, const T* __restrict__ side,
-                           T* __restrict__ act, T* __restrict__ reset_h,
-                           const T* __restrict__ h_prev, int64_t hidden) {
+                           const T* __restrict__ bias, T* __restrict__ act,
+                           T* __restrict__ reset_h, const T* __restrict__ h_prev, int64_t hidden) {
   for (int64_t j = 0; j < hidden; ++j) {
-    const T r = sigmoid_(x[j] + side[j]);
+    const T r = sigmoid_(x[j] + side[j] + bias[j]);
     act[j] = r;
-    act[hidden + j] = sigmoid_(x[hidden + j] + side[hidden + j]);
+    act[hidden + j] = sigmoid_(x[hidden + j] + side[hidden + j] + bias[hidden + j]);
     reset_h[j] = r * h_prev[j];
   }
 }
@@ -457,11 +567,12 @@ void gru_forward_row_gates(const T* __restrict__ x, const T* __restrict__ side,
 // reset before, second half: n from x_proj and W_hn (r h) + b_hn, then the new state.
 template <typename T>
 void gru_forward_row_new(const T* __restrict__ x, const T* __restrict__ side_n,
-                         T* __restrict__ act, const T* __restrict__ h_prev, T* __restrict__ out,
+                         const T* __restrict__ bias_n, T* __restrict__ act,
+                         const T* __restrict__ h_prev, T* __restrict__ out,
                          T* __restrict__ h_next, int64_t hidden) {
   for (int64_t j = 0; j < hidden; ++j) {
     const T z = act[hidden + j];
-    const T gate_n = tanh_(x[2 * hidden + j] + side_n[j]);
+    const T gate_n = tanh_(x[2 * hidden + j] + side_n[j] + bias_n[j]);
     const T h = gate_n + z * (h_prev[j] - gate_n);
     act[2 * hidden + j] = gate_n;
     out[j] = h;
@@ -469,75 +580,72 @@ void gru_forward_row_new(const T* __restrict__ x, const T* __restrict__ side_n,
   }
 }
 
-// out = a b (+ bias), into a preallocated buffer.
-void product_out(Tensor& out, const std::optional<Tensor>& bias, const Tensor& a,
-                 const Tensor& b) {
-  if (bias.has_value()) {
-    at::addmm_out(out, *bias, a, b);
-  } else {
-    at::mm_out(out, a, b);
-  }
-}
-
 // Returns outputs, h_n and what the backward pass needs: acts (r, z, n), h_prevs and hidden_n,
-// what r multiplies (reset_after: W_hn h + b_hn) or what W_hn multiplies (r h).
+// what r multiplies (reset_after: W_hn h + b_hn) or what W_hn multiplies (r h) (rings when
+// not keep).
 std::vector<Tensor> gru_forward(Tensor x_proj, Tensor h0, Tensor weight_hh,
                                 std::optional<Tensor> bias_hh, std::optional<Tensor> valid,
-                                bool reset_after) {
+                                bool reset_after, bool keep) {
   check_inputs(x_proj, h0);
   x_proj = x_proj.contiguous();
   const int64_t length = x_proj.size(0), batch = h0.size(0), hidden = h0.size(1);
   const Mask mask = make_mask(valid, batch);
-  Tensor acts = at::empty_like(x_proj);
-  Tensor outputs = at::empty({length, batch, hidden}, x_proj.options());
-  Tensor h_prevs = at::empty_like(outputs), hidden_n = at::empty_like(outputs);
+  const auto options = x_proj.options();
+  Tensor acts = step_buffer(length, batch, 3 * hidden, keep, 1, options);
+  Tensor outputs = at::empty({length, batch, hidden}, options);
+  Tensor h_prevs = step_buffer(length, batch, hidden, keep, 2, options);
+  Tensor hidden_n = step_buffer(length, batch, hidden, keep, 1, options);
   Tensor h_n = at::empty_like(h0);
   if (length == 0) return {outputs, h_n.copy_(h0), acts, h_prevs, hidden_n};
   h_prevs[0].copy_(h0);
-  Tensor w_t = weight_hh.t();  // (H, 3H)
-  Tensor w_rz = w_t.narrow(1, 0, 2 * hidden), w_n = w_t.narrow(1, 2 * hidden, hidden);
-  std::optional<Tensor> b_rz, b_n;
-  if (bias_hh.has_value()) {
-    b_rz = bias_hh->narrow(0, 0, 2 * hidden);
-    b_n = bias_hh->narrow(0, 2 * hidden, hidden);
-  }
+  // W_hh^T whole (reset_after) or in two parts, [W_hr; W_hz]^T and W_hn^T (reset before)
+  const Tensor w_t = reset_after ? transposed(weight_hh) : Tensor();
+  const Tensor w_rz = reset_after ? Tensor() : transposed(weight_hh.narrow(0, 0, 2 * hidden));
+  const Tensor w_n = reset_after ? Tensor() : transposed(weight_hh.narrow(0, 2 * hidden, hidden));
+  // b_hh is added inside the row loops (zeros when the layer has no bias)
+  const Tensor bias = bias_hh.has_value() ? bias_hh->contiguous()
+                                          : at::zeros({3 * hidden}, x_proj.options());
   // the hidden side of a step: W_hh h + b_hh (reset_after) or W_hrz h + b_hrz, then W_hn (r h)
   const int64_t side_width = reset_after ? 3 * hidden : 2 * hidden;
   Tensor side = at::empty({batch, side_width}, x_proj.options());
   Tensor side_n = at::empty({batch, hidden}, x_proj.options());
   AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "gru_forward", [&] {
     using T = scalar_t;
-    const T* s = side.data_ptr<T>();
-    const T* s_n = side_n.data_ptr<T>();
+    T* s = side.data_ptr<T>();
+    T* s_n = side_n.data_ptr<T>();
+    const T* b = bias.data_ptr<T>();
+    const Steps<T> hs(h_prevs), ns(hidden_n), xs(x_proj), as(acts), outs(outputs);
     for (int64_t t = 0; t < length; ++t) {
-      Tensor h_prev_t = h_prevs[t], hidden_n_t = hidden_n[t];
-      const T* h_prev = h_prev_t.data_ptr<T>();
-      const T* x = x_proj[t].data_ptr<T>();
-      T* a = acts[t].data_ptr<T>();
-      T* saved_n = hidden_n_t.data_ptr<T>();
-      T* out = outputs[t].data_ptr<T>();
-      T* h_next = (t + 1 < length ? h_prevs[t + 1] : h_n).data_ptr<T>();
+      const T* h_prev = hs[t];
+      const T* x = xs[t];
+      T* a = as[t];
+      T* saved_n = ns[t];
+      T* out = outs[t];
+      T* h_next = t + 1 < length ? hs[t + 1] : h_n.data_ptr<T>();
       if (reset_after) {
-        product_out(side, bias_hh, h_prev_t, w_t);
-        for (int64_t n = 0; n < batch; ++n) {
+        matmul(h_prev, hidden, w_t.data_ptr<T>(), side_width, s, side_width, batch, hidden,
+               side_width);
+        over_rows(batch, 3 * hidden, [&](int64_t n) {
           const int64_t k = n * hidden, r = 3 * k;
-          gru_forward_row_after<T>(x + r, s + n * side_width, a + r, saved_n + k, h_prev + k,
+          gru_forward_row_after<T>(x + r, s + n * side_width, b, a + r, saved_n + k, h_prev + k,
                                    out + k, h_next + k, hidden);
           if (!mask(t, n)) keep_state(out + k, h_prev + k, h_next + k, hidden);
-        }
+        });
       } else {
-        product_out(side, b_rz, h_prev_t, w_rz);
-        for (int64_t n = 0; n < batch; ++n) {
+        matmul(h_prev, hidden, w_rz.data_ptr<T>(), side_width, s, side_width, batch, hidden,
+               side_width);
+        over_rows(batch, 2 * hidden, [&](int64_t n) {
           const int64_t k = n * hidden, r = 3 * k;
-          gru_forward_row_gates<T>(x + r, s + n * side_width, a + r, saved_n + k, h_prev + k,
+          gru_forward_row_gates<T>(x + r, s + n * side_width, b, a + r, saved_n + k, h_prev + k,
                                    hidden);
-        }
-        product_out(side_n, b_n, hidden_n_t, w_n);
-        for (int64_t n = 0; n < batch; ++n) {
+        });
+        matmul(saved_n, hidden, w_n.data_ptr<T>(), hidden, s_n, hidden, batch, hidden, hidden);
+        over_rows(batch, hidden, [&](int64_t n) {
           const int64_t k = n * hidden, r = 3 * k;
-          gru_forward_row_new<T>(x + r, s_n + k, a + r, h_prev + k, out + k, h_next + k, hidden);
+          gru_forward_row_new<T>(x + r, s_n + k, b + 2 * hidden, a + r, h_prev + k, out + k,
+                                 h_next + k, hidden);
           if (!mask(t, n)) keep_state(out + k, h_prev + k, h_next + k, hidden);
-        }
+        });
       }
     }
   });
@@ -598,7 +706,10 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_h, Tensor weight_h
   Tensor grad_hidden = at::empty_like(acts);
   // reset before: the hidden side's gradient is x_proj's (both are pre-activation gradients)
   Tensor grad_x_proj = reset_after ? at::empty_like(acts) : grad_hidden;
-  Tensor w_rz = weight_hh.narrow(0, 0, 2 * hidden), w_n = weight_hh.narrow(0, 2 * hidden, hidden);
+  acts = acts.contiguous();
+  h_prevs = h_prevs.contiguous();
+  hidden_n = hidden_n.contiguous();
+  const Tensor weight = weight_hh.contiguous();  // rows [W_hr; W_hz; W_hn]
   Tensor grad_new = at::zeros_like(grad_h);      // what reaches h_t (reset before)
   Tensor grad_reset_h = at::zeros_like(grad_h);  // gradient of r h (reset before)
   Tensor grad_prev = at::zeros_like(grad_h);     // toward h_{t-1}, before the masked rows are kept
@@ -606,19 +717,22 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_h, Tensor weight_h
     using T = scalar_t;
     with_flags(reset_after, false, [&](auto after_flag, auto) {
       constexpr bool kResetAfter = decltype(after_flag)::value;
-      const T* grad_state = grad_h.data_ptr<T>();
+      T* grad_state = grad_h.data_ptr<T>();
       T* g_new = grad_new.data_ptr<T>();
       T* g_prev = grad_prev.data_ptr<T>();
-      const T* g_reset = grad_reset_h.data_ptr<T>();
+      T* g_reset = grad_reset_h.data_ptr<T>();
+      const T* w = weight.data_ptr<T>();
+      const int64_t width = 3 * hidden;
+      const Steps<T> ghs(grad_hidden), gxs(grad_x_proj), as(acts), hs(h_prevs), ns(hidden_n),
+          grad_outs(grad_out);
       for (int64_t t = length - 1; t >= 0; --t) {
-        Tensor grad_hidden_t = grad_hidden[t];
-        T* gh = grad_hidden_t.data_ptr<T>();
-        T* gx = grad_x_proj[t].data_ptr<T>();
-        const T* a = acts[t].data_ptr<T>();
-        const T* h_prev = h_prevs[t].data_ptr<T>();
-        const T* saved_n = hidden_n[t].data_ptr<T>();
-        const T* grad_o = grad_out[t].data_ptr<T>();
-        for (int64_t n = 0; n < batch; ++n) {
+        T* gh = ghs[t];
+        T* gx = gxs[t];
+        const T* a = as[t];
+        const T* h_prev = hs[t];
+        const T* saved_n = ns[t];
+        const T* grad_o = grad_outs[t];
+        over_rows(batch, width, [&](int64_t n) {
           const int64_t k = n * hidden, r = 3 * k;
           if (mask(t, n)) {
             gru_backward_row<T, kResetAfter>(a + r, h_prev + k, saved_n + k, grad_o + k,
@@ -629,19 +743,20 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_h, Tensor weight_h
             if constexpr (kResetAfter) std::fill(gx + r, gx + r + 3 * hidden, T(0));
             std::fill(g_new + k, g_new + k + hidden, T(0));
           }
-        }
+        });
         if constexpr (kResetAfter) {
-          grad_prev.addmm_(grad_hidden_t, weight_hh);
-        } else {
-          at::mm_out(grad_reset_h, grad_hidden_t.narrow(1, 2 * hidden, hidden), w_n);
-          for (int64_t n = 0; n < batch; ++n) {
+          matmul(gh, width, w, hidden, g_prev, hidden, batch, width, hidden, true);
+        } else {  // grad_reset_h = grad_n_pre W_hn, then grad_prev += grad_rz_pre [W_hr; W_hz]
+          matmul(gh + 2 * hidden, width, w + 2 * hidden * hidden, hidden, g_reset, hidden, batch,
+                 hidden, hidden);
+          over_rows(batch, hidden, [&](int64_t n) {
             const int64_t k = n * hidden, r = 3 * k;
             gru_backward_row_reset<T>(a + r, h_prev + k, g_new + k, g_reset + k, gh + r,
                                       g_prev + k, hidden);
-          }
-          grad_prev.addmm_(grad_hidden_t.narrow(1, 0, 2 * hidden), w_rz);
+          });
+          matmul(gh, width, w, hidden, g_prev, hidden, batch, 2 * hidden, hidden, true);
         }
-        copy_valid_rows<T>(mask, t, grad_prev, grad_h);
+        copy_valid_rows<T>(mask, t, g_prev, grad_state, batch, hidden);
       }
     });
   });
