@@ -21,7 +21,9 @@ Layout of a comparison directory::
     table.md, table.csv  one row per run: settings, final metrics, parameters, steps, wall time,
                          steps (and seconds) until the validation metric first met --threshold;
                          table.md adds mean ± std over seeds when there are several
-    curves.png           training loss and validation metric against step, one colour per configuration
+    curves.png           training loss and validation metric against step (top row) and against
+                         wall-clock seconds (bottom row: the view for equal time budgets), one
+                         colour per configuration
     gradient_flow.png    ‖∂L/∂h_t‖ over t after training (first seed of each configuration), and
     gradient_flow_init.png  the same at initialisation (runs train with trainer.diagnostics=true;
                          a finished run without diagnostics is diagnosed afterwards)
@@ -500,7 +502,8 @@ def _plots(spec: ComparisonSpec, rows: list[RunRow], out_dir: Path, metric: str)
         metric = threshold.metric
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     groups: list[str] = []
-    figure, (loss_axes, metric_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, axes_grid = plt.subplots(2, 2, figsize=(12, 9))
+    (loss_axes, metric_axes), (loss_time_axes, metric_time_axes) = axes_grid
     grad_series: dict[str, list[float]] = {}
     init_series: dict[str, list[float]] = {}
     norm_series: dict[str, list[tuple[int, float]]] = {}
@@ -514,16 +517,19 @@ def _plots(spec: ComparisonSpec, rows: list[RunRow], out_dir: Path, metric: str)
             groups.append(group)
         colour = colours[groups.index(group) % len(colours)]
         records = read_metrics(path)
-        train = [(r["step"], r["metrics"].get("loss")) for r in records
-                 if r["split"] == "train" and r["metrics"].get("loss") is not None]
-        valid = [(r["step"], r["metrics"].get(metric)) for r in records
-                 if r["split"] == "valid" and r["metrics"].get(metric) is not None]
-        for axes, points in ((loss_axes, train), (metric_axes, valid)):
-            if points:
-                steps, values = zip(*points)
-                axes.plot(steps, values, color=colour, alpha=0.9 if first else 0.45,
-                          label=group if first else None, marker="o" if axes is metric_axes else None,
-                          markersize=2.5)
+        for x_key, train_axes, valid_axes in (("step", loss_axes, metric_axes),
+                                              ("elapsed", loss_time_axes, metric_time_axes)):
+            train = [(r.get(x_key), r["metrics"].get("loss")) for r in records
+                     if r["split"] == "train" and r["metrics"].get("loss") is not None]
+            valid = [(r.get(x_key), r["metrics"].get(metric)) for r in records
+                     if r["split"] == "valid" and r["metrics"].get(metric) is not None]
+            for axes, points in ((train_axes, train), (valid_axes, valid)):
+                points = [(x, y) for x, y in points if x is not None]
+                if points:
+                    xs, values = zip(*points)
+                    axes.plot(xs, values, color=colour, alpha=0.9 if first else 0.45,
+                              label=group if first else None,
+                              marker="o" if axes is valid_axes else None, markersize=2.5)
         if first:
             norm_series[group] = [(r["step"], r["grad_norm"]) for r in records
                                   if r["split"] == "train" and r.get("grad_norm") is not None]
@@ -536,10 +542,13 @@ def _plots(spec: ComparisonSpec, rows: list[RunRow], out_dir: Path, metric: str)
                         series[group] = next(iter(norms.values()))  # the first layer's forward run
     loss_axes.set_title("training loss")
     metric_axes.set_title(f"validation {metric}")
+    loss_time_axes.set_title("training loss, by wall-clock time")
+    metric_time_axes.set_title(f"validation {metric}, by wall-clock time")
     if threshold is not None:
-        metric_axes.axhline(threshold.value, color="grey", linestyle=":", linewidth=1)
-    for axes in (loss_axes, metric_axes):
-        axes.set_xlabel("step")
+        for axes in (metric_axes, metric_time_axes):
+            axes.axhline(threshold.value, color="grey", linestyle=":", linewidth=1)
+    for axes in axes_grid.flat:
+        axes.set_xlabel("step" if axes in (loss_axes, metric_axes) else "seconds of training")
         lines = [value for line in axes.get_lines() for value in line.get_ydata()]
         positive = [v for v in lines if isinstance(v, float) and v > 0]
         if positive and len(positive) == len(lines) and max(positive) / min(positive) > 20:
