@@ -227,15 +227,17 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_threaded_rows_and_inference_buffers(variant, dtype, monkeypatch, counting):
-    """A batch large enough for the rows to be shared across threads gives the Python loop's
-    results, and a forward pass without gradients (two steps' buffers) gives the same outputs
-    and final states as one that keeps every step for the backward pass."""
+@pytest.mark.parametrize("hidden", [128, 72])
+def test_threaded_rows_and_inference_buffers(variant, dtype, hidden, monkeypatch, counting):
+    """A step large enough to be shared across threads (the rows, or the LSTM's hidden units,
+    72 cut unevenly into 32 + 40) gives the Python loop's results, and a forward pass without
+    gradients (two steps' buffers) gives the same outputs and final states as one that keeps
+    every step for the backward pass."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         torch.manual_seed(0)
-        batch, hidden = 280, 128  # batch * width >= 2**15 for every cell: rows run threaded
+        batch = 280  # batch * width >= 2**15 for every cell: the step runs threaded
         layer = VARIANTS[variant](H_IN, hidden).to(dtype)
         x = torch.randn(5, batch, H_IN, dtype=dtype)
         h0 = torch.randn(1, batch, hidden, dtype=dtype)
