@@ -245,3 +245,42 @@ def test_merge_and_unload_gives_a_plain_model(cell):
     assert tuning_of(model) is None and type(model) is SequenceClassifier
     assert type(model.rnn) in (LSTM, GRU) and set(model.state_dict()) == plain_names
     torch.testing.assert_close(model(ids, lengths).logits, tuned, atol=1e-5, rtol=0)
+
+
+def test_embedding_lora_is_a_low_rank_update_of_every_token_vector():
+    """Named explicitly, an embedding table takes W' = W + s · B A (B: vocabulary × r,
+    A: r × dim): step 0 is the base model, the forward equals the model run on W' written out,
+    only A, B and the head learn, and merge / unmerge round-trips."""
+    torch.manual_seed(0)
+    model = SequenceClassifier(3, 8, cell="lstm", vocab_size=30, embedding_dim=6)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    ids, lengths = torch.randint(1, 30, (4, 7)), torch.tensor([7, 5, 2, 1])
+    expected = model(ids, lengths).logits
+    report = apply_tuning(model, "lora", r=2, alpha=4, targets=["embedding", "weight_hh_l0"])
+    assert torch.equal(model(ids, lengths).logits, expected)
+    assert report.trainable == 2 * (30 + 6) + 2 * (32 + 8) + 3 * 8 + 3
+    _randomise_lora(model)
+    lora = model.embedding.parametrizations.weight[0]
+    assert lora.lora_B.shape == (30, 2) and lora.lora_A.shape == (2, 6)
+    reference = SequenceClassifier(3, 8, cell="lstm", vocab_size=30, embedding_dim=6)
+    reference.load_state_dict(base)
+    with torch.no_grad():
+        reference.embedding.weight += (4 / 2) * lora.lora_B @ lora.lora_A
+        hh = model.rnn.parametrizations.weight_hh_l0[0]
+        reference.rnn.weight_hh_l0 += (4 / 2) * hh.lora_B @ hh.lora_A
+    tuned = model(ids, lengths, targets=torch.tensor([0, 1, 2, 1]))
+    torch.testing.assert_close(tuned.logits, reference(ids, lengths).logits, atol=1e-6, rtol=0)
+    tuned.loss.backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == {"embedding.parametrizations.weight.0.lora_A",
+                         "embedding.parametrizations.weight.0.lora_B",
+                         "rnn.parametrizations.weight_hh_l0.0.lora_A",
+                         "rnn.parametrizations.weight_hh_l0.0.lora_B", "head.weight", "head.bias"}
+    # only the rows of the tokens in the batch move B
+    unseen = sorted(set(range(30)) - set(ids.flatten().tolist()))
+    assert unseen and torch.all(lora.lora_B.grad[unseen] == 0)
+    merge(model)
+    torch.testing.assert_close(model(ids, lengths).logits, tuned.logits, atol=1e-6, rtol=0)
+    unmerge(model)
+    for name, tensor in base_state_dict(model).items():
+        torch.testing.assert_close(tensor, base[name], atol=1e-6, rtol=0)

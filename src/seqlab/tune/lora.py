@@ -208,12 +208,14 @@ class LoraParametrization(TuningModule):
 def _candidates(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     """Every weight matrix LoRA can attach to: name -> (owning module, parameter name).
 
-    nn.Linear weights, the fused q/k/v matrix, recurrent matrices: any 2-D parameter that is not
-    an embedding table (nor one a tuning method added, nor one parametrised already).
+    nn.Linear weights, the fused q/k/v matrix, recurrent matrices, embedding tables: any 2-D
+    parameter (but one a tuning method added, or one parametrised already). Embedding tables
+    are never a default target: name them (e.g. ``embedding``) to give every token's vector a
+    low-rank update, W' = W + s · B A with B (vocabulary, r) and A (r, dim).
     """
     found = {}
     for module_name, module in model.named_modules():
-        if isinstance(module, nn.Embedding | TuningModule) or parametrize.is_parametrized(module):
+        if isinstance(module, TuningModule) or parametrize.is_parametrized(module):
             continue
         for name, parameter in module.named_parameters(recurse=False):
             if parameter.dim() == 2:
