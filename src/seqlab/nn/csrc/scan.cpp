@@ -285,7 +285,7 @@ void over_units(int64_t length, int64_t hidden, int64_t parts, const First& firs
       finished.fetch_add(end - begin, std::memory_order_acq_rel);
       const int64_t target = parts * (t + 1);
       for (int64_t spins = 0; finished.load(std::memory_order_acquire) < target; ++spins) {
-        if (spins > 4096) std::this_thread::yield();
+        if (spins > 512) std::this_thread::yield();  // another job holds the core: let it run
 #if defined(__x86_64__) || defined(__i386__)
         else __builtin_ia32_pause();
 #endif
