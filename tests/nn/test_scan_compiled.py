@@ -225,6 +225,25 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch):
         assert not build_compiled()
 
 
+def test_threaded_loops_really_run_on_several_threads(kernel):
+    """The extension's OpenMP loops run on more than one thread (built without -fopenmp they
+    ran on the calling thread, and every threaded test still passed), and the LSTM's hidden
+    units are cut into one part per thread exactly when a step is large enough."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert kernel.parallel_threads() == 2
+        assert kernel.parts_for(280, 4 * 72, 72) == 2  # the size of the test below
+        assert kernel.parts_for(8, 4 * 128, 128) == 2  # 4,096 gate elements: the threshold
+        assert kernel.parts_for(7, 4 * 128, 128) == 1  # one row fewer
+        assert kernel.parts_for(280, 4 * 24, 24) == 1  # fewer than two blocks of 16 units
+        torch.set_num_threads(1)
+        assert kernel.parallel_threads() == 1
+        assert kernel.parts_for(280, 4 * 72, 72) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("hidden", [128, 72])

@@ -161,12 +161,14 @@ void check_inputs(const Tensor& x_proj, const Tensor& h0) {
               "scan: expected x_proj (L, N, G*H) and a state (N, H)");
 }
 
-// Copy the rows of `src` (N, H) that are inside their sequence at step t into `dst`.
+// Copy the rows of `src` (N, H) that are inside their sequence at step t into `dst`: `count`
+// entries of each (the whole row by default; a range of units when src and dst are offset).
 template <typename T>
 void copy_valid_rows(const Mask& mask, int64_t t, const T* src, T* dst, int64_t batch,
-                     int64_t hidden) {
+                     int64_t hidden, int64_t count = -1) {
+  const int64_t size = (count < 0 ? hidden : count) * sizeof(T);
   for (int64_t n = 0; n < batch; ++n) {
-    if (mask(t, n)) std::memcpy(dst + n * hidden, src + n * hidden, hidden * sizeof(T));
+    if (mask(t, n)) std::memcpy(dst + n * hidden, src + n * hidden, size);
   }
 }
 
@@ -424,14 +426,13 @@ template <typename T, bool kCoupled, bool kPeephole>
 void lstm_forward_row(const T* __restrict__ x, const T* __restrict__ pre, T* __restrict__ acts,
                       const T* __restrict__ c_prev, T* __restrict__ c_new, T* __restrict__ tanh_c,
                       T* __restrict__ out, T* __restrict__ h_next, T* __restrict__ c_next,
-                      const T* __restrict__ w_ch, int64_t hidden, int64_t pre_stride,
-                      int64_t count) {
+                      const T* __restrict__ w_ch, int64_t hidden, int64_t count) {
   // Units [0, count) of the row: gate p of unit j at p * hidden + j in x, acts and w_ch, and
-  // its hidden side W_hh h at p * pre_stride + j in pre.
+  // its hidden side W_hh h at p * count + j in pre (the part's own block, see over_units).
   constexpr int64_t kPeeps = kCoupled ? 1 : 2;  // the sigmoid gates before g: (i, f) or f
   for (int64_t p = 0; p < kPeeps; ++p) {
     T* __restrict__ gate = acts + p * hidden;
-    const T* __restrict__ pre_gate = pre + p * pre_stride;
+    const T* __restrict__ pre_gate = pre + p * count;
     const T* __restrict__ x_gate = x + p * hidden;
     const T* __restrict__ w = w_ch + p * hidden;
     for (int64_t j = 0; j < count; ++j) {
@@ -441,13 +442,13 @@ void lstm_forward_row(const T* __restrict__ x, const T* __restrict__ pre, T* __r
     }
   }
   T* __restrict__ g_gate = acts + kPeeps * hidden;
-  const T* __restrict__ pre_g = pre + kPeeps * pre_stride;
+  const T* __restrict__ pre_g = pre + kPeeps * count;
   const T* __restrict__ x_g = x + kPeeps * hidden;
   for (int64_t j = 0; j < count; ++j) g_gate[j] = tanh_(pre_g[j] + x_g[j]);
   const T* __restrict__ i_gate = acts;
   const T* __restrict__ f_gate = acts + (kPeeps - 1) * hidden;
   T* __restrict__ o_gate = acts + (kPeeps + 1) * hidden;
-  const T* __restrict__ pre_o = pre + (kPeeps + 1) * pre_stride;
+  const T* __restrict__ pre_o = pre + (kPeeps + 1) * count;
   const T* __restrict__ x_o = x + (kPeeps + 1) * hidden;
   const T* __restrict__ w_co = w_ch + kPeeps * hidden;
   for (int64_t j = 0; j < count; ++j) {
@@ -545,7 +546,7 @@ std::vector<Tensor> lstm_forward(Tensor x_proj, Tensor h0, Tensor c0, Tensor wei
           const int64_t k = n * hidden + u0, r = n * width + u0;
           lstm_forward_row<T, decltype(coupled_flag)::value, decltype(peephole_flag)::value>(
               x + r, pre + n * span, a + r, c_prev + k, c_new + k, tanh_c + k, out + k,
-              h_next + k, c_next + k, w == nullptr ? nullptr : w + u0, hidden, count, count);
+              h_next + k, c_next + k, w == nullptr ? nullptr : w + u0, hidden, count);
           if (!mask(t, n)) {
             keep_state(out + k, h_prev + k, h_next + k, count);
             std::memcpy(c_next + k, c_prev + k, count * sizeof(T));
@@ -657,11 +658,7 @@ std::vector<Tensor> lstm_backward(Tensor grad_out, Tensor grad_h, Tensor grad_c,
           return;
         }
         matmul(grad_rows, width, w_hh + u0, hidden, prod + u0, hidden, batch, width, count);
-        for (int64_t n = 0; n < batch; ++n) {
-          if (mask(t, n)) {
-            std::memcpy(grad_state + n * hidden + u0, prod + n * hidden + u0, count * sizeof(T));
-          }
-        }
+        copy_valid_rows<T>(mask, t, prod + u0, grad_state + u0, batch, hidden, count);
       };
       over_units(length, hidden, unit_parts(batch, width, hidden), gates_of, state_of);
     });
@@ -906,9 +903,31 @@ std::vector<Tensor> gru_backward(Tensor grad_out, Tensor grad_h, Tensor weight_h
   return {grad_x_proj, grad_h, grad_hidden};
 }
 
+// For the tests: how many parts over_units would cut a step into, and how many distinct threads
+// at::parallel_for really runs a two-part loop on (1 where the build ignores OpenMP).
+int64_t parts_for(int64_t batch, int64_t width, int64_t hidden) {
+  return unit_parts(batch, width, hidden);
+}
+
+int64_t parallel_threads() {
+  std::atomic<int64_t> calls{0};
+  std::atomic<int64_t> arrived{0};
+  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    calls.fetch_add(1);
+    arrived.fetch_add(end - begin);
+    // hold each call until both parts have started, so that one thread cannot run both
+    for (int64_t spins = 0; arrived.load() < 2 && spins < (1 << 22); ++spins) {
+      std::this_thread::yield();
+    }
+  });
+  return calls.load();
+}
+
 }  // namespace
 
 TORCH_LIBRARY(seqlab_scan, m) {
+  m.def("parts_for", &parts_for);
+  m.def("parallel_threads", &parallel_threads);
   m.def("rnn_forward", &rnn_forward);
   m.def("rnn_backward", &rnn_backward);
   m.def("lstm_forward", &lstm_forward);
