@@ -284,3 +284,21 @@ def test_embedding_lora_is_a_low_rank_update_of_every_token_vector():
     unmerge(model)
     for name, tensor in base_state_dict(model).items():
         torch.testing.assert_close(tensor, base[name], atol=1e-6, rtol=0)
+
+
+def test_report_names_the_weights_a_pattern_caught():
+    """`embedding` on a Transformer classifier catches the position table, not the token one:
+    the printed report says so, and counts what it does not name."""
+    from seqlab.models import TransformerClassifier
+    from seqlab.models.transformer import TransformerEncoderModel
+
+    def classifier():
+        torch.manual_seed(0)
+        return TransformerClassifier(TransformerEncoderModel(50, d_model=16, nhead=2,
+                                                             num_layers=6), 2)
+
+    report = str(apply_tuning(classifier(), "lora", r=2, targets=["embedding"]))
+    assert "; on encoder.embedding.position.embedding.weight;" in report
+    report = str(apply_tuning(classifier(), "lora", r=2, targets=["embedding.token", "linear1"]))
+    assert "on encoder.embedding.token.weight, encoder.encoder.layers.0.linear1.weight," in report
+    assert "and 3 more; heads trained: pooler, head" in report  # 7 weights, 4 named

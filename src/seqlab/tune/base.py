@@ -128,6 +128,9 @@ def _unique_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return unique
 
 
+_SHOWN_TARGETS = 4  # targets a report names before it counts the rest
+
+
 @dataclass
 class TuningReport:
     """What :func:`seqlab.tune.apply_tuning` did.
@@ -151,9 +154,14 @@ class TuningReport:
 
     def __str__(self) -> str:
         heads = f"; heads trained: {', '.join(self.heads)}" if self.heads else ""
+        # where it attached, so that a name pattern that caught other weights than meant shows
+        shown = ", ".join(self.targets[:_SHOWN_TARGETS])
+        if len(self.targets) > _SHOWN_TARGETS:
+            shown += f" and {len(self.targets) - _SHOWN_TARGETS} more"
+        on = f"; on {shown}" if shown else ""
         return (
             f"{self.method}: {self.trainable:,} trainable of {self.total:,} parameters "
-            f"({self.trainable_percent:.2f}%){heads}"
+            f"({self.trainable_percent:.2f}%){on}{heads}"
         )
 
 
