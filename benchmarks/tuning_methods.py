@@ -4,9 +4,9 @@ For a pre-trained run (masked LM, Transformer or BiLSTM), fine-tune a classifier
 set (MR by default) with the same step budget by every method: full fine-tuning, LoRA at two
 ranks, bottleneck adapters in both placements, prefix tuning, prompt tuning, the head alone
 (``trainer.freeze=body``), and LoRA that also updates the token embedding table. Each row:
-trainable parameters (count and % of the model), test accuracy of the final weights, time per training step (evaluation excluded; CPU time of the
-process, which other jobs on a shared machine do not inflate, and wall time), peak resident
-memory of the training process, and the size of what the run saves (``adapter.safetensors``;
+trainable parameters (count and % of the model), test accuracy of the final weights, time per
+training step (evaluation excluded; CPU time of the process, which other jobs on a shared
+machine do not inflate, and wall time), peak resident memory of the training process, and the size of what the run saves (``adapter.safetensors``;
 ``model.safetensors`` for full / head only).
 
     python benchmarks/tuning_methods.py --transformer RUN_DIR --recurrent RUN_DIR \\
