@@ -80,6 +80,17 @@ def test_prompt_generation_with_and_without_cache():
     assert torch.equal(cached[0, 5:], with_text[0, 8:])
 
 
+def test_prompt_generation_past_the_positions_slides_over_what_is_left():
+    model = _lm()  # 32 positions, of which the prompt takes 3: a window of 29 real tokens
+    apply_tuning(model, "prompt", num_virtual_tokens=3, init="vocab")
+    out = model.generate(IDS[:1], 40, temperature=0)
+    assert out.shape == (1, 45)
+    assert torch.equal(out, model.generate(IDS[:1], 40, temperature=0, use_cache=False))
+    for end in (40, 44):  # a token chosen after the window slid: greedy over the 29 before it
+        expected = model(out[:, end - 29:end]).logits[0, -1].argmax()
+        assert out[0, end] == expected
+
+
 def test_encoder_tagger_prompt_from_text():
     torch.manual_seed(0)
     encoder = TransformerEncoderModel(20, d_model=16, nhead=2, num_layers=2, dropout=0.0,

@@ -545,7 +545,8 @@ class TransformerLM(nn.Module):
         values of the past come from the cache); without, every step re-reads the whole
         sequence. Both give the same tokens. Once the sequence outgrows the ``max_length``
         positions, both read a sliding window of the last ``max_length`` tokens (the cache
-        cannot slide: learned and sinusoidal positions would shift). Tokens are chosen
+        cannot slide: learned and sinusoidal positions would shift), fewer by the positions a
+        soft prompt takes (prompt tuning). Tokens are chosen
         by :func:`seqlab.decode.sampling.sample_next_token` (``temperature=0`` is greedy). Runs
         in eval mode and restores the previous mode. Returns (N, P + max_new_tokens).
         """
@@ -557,8 +558,10 @@ class TransformerLM(nn.Module):
         self.eval()
         try:
             tokens = prompt_ids
+            # Positions left to real tokens; a soft prompt (prompt tuning) comes first.
+            window = self.max_length - sum(getattr(m, "positions_taken", 0) for m in self.modules())
             cache = self.new_cache() if use_cache else None
-            logits = self(prompt_ids[:, -self.max_length :], state=cache).logits[:, -1]
+            logits = self(prompt_ids[:, -window:], state=cache).logits[:, -1]
             for step in range(max_new_tokens):
                 next_token = sample_next_token(
                     logits, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -572,7 +575,7 @@ class TransformerLM(nn.Module):
                 if cache is not None:
                     logits = self(next_token[:, None], state=cache).logits[:, -1]
                 else:
-                    logits = self(tokens[:, -self.max_length :]).logits[:, -1]  # (N, V)
+                    logits = self(tokens[:, -window:]).logits[:, -1]  # (N, V)
         finally:
             self.train(was_training)
         return tokens

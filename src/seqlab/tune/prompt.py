@@ -52,6 +52,11 @@ class PromptEmbedding(TuningModule):
         self.num_virtual_tokens = vectors.size(0)
         self._prepended = False
 
+    @property
+    def positions_taken(self) -> int:
+        """The positions of a Transformer the prompt takes in front of the real tokens."""
+        return 0 if self.disabled else self.num_virtual_tokens
+
     def _expand(self, batch: int, like: torch.Tensor) -> torch.Tensor:
         return self.embeddings.to(like.dtype).unsqueeze(0).expand(batch, -1, -1)  # (N, P, E)
 
