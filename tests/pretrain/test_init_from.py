@@ -127,6 +127,23 @@ def test_freeze_patterns(tmp_path, corpus, mlm_run, capsys):
     assert code == 2 and "matches no parameter" in err and "encoder.embedding" in err
 
 
+def test_freezing_the_body_of_a_tied_language_model_is_refused_with_the_reason():
+    from seqlab.models import TransformerLM
+    from seqlab.models.pretrained import freeze_parameters
+
+    tied = TransformerLM(30, d_model=8, nhead=2, num_layers=1, max_length=8)
+    with pytest.raises(ValueError, match="nothing to train: its head has no weights of its own"):
+        freeze_parameters(tied, ["body"])
+    assert all(p.requires_grad for p in tied.parameters())  # nothing changed
+    untied = TransformerLM(30, d_model=8, nhead=2, num_layers=1, max_length=8, tie_weights=False)
+    frozen = freeze_parameters(untied, ["body"])
+    trainable = {n for n, p in untied.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in untied.named_parameters() if n.startswith("head.")}
+    assert trainable and not trainable & set(frozen)
+    with pytest.raises(ValueError, match="every parameter matches"):
+        freeze_parameters(untied, ["*"])
+
+
 def test_init_from_continues_pre_training_and_causal_lm(tmp_path, corpus, mlm_run):
     from .conftest import pretrain
 

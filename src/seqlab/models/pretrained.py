@@ -238,6 +238,14 @@ def freeze_parameters(
             raise ValueError(f"trainer.freeze pattern {pattern!r} matches no parameter; "
                              f"the parameters are: {shown}")
         frozen.update(matched)
+    if len(frozen) == len(names):
+        heads = [n for n in names if n.split(".")[0] in head_modules]
+        why = ("its head has no weights of its own (an output layer tied to the token embedding "
+               "is named after the embedding)" if "body" in patterns and not heads else
+               "every parameter matches")
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        raise ValueError(f"trainer.freeze={','.join(patterns)} leaves nothing to train: {why}; "
+                         f"name the parameters to freeze by pattern instead; they are: {shown}")
     for name, parameter in model.named_parameters():
         if name in frozen:
             parameter.requires_grad_(False)
