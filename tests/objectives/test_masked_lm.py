@@ -101,6 +101,33 @@ def test_loss_is_the_cross_entropy_at_chosen_positions_only():
     assert masked_lm_loss(changed, targets).item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("family", ["transformer", "recurrent"])
+def test_scoring_only_the_chosen_positions_gives_their_logits_loss_and_gradients(family):
+    from seqlab.models import RecurrentMaskedLM, TransformerEncoderModel, TransformerMaskedLM
+
+    torch.manual_seed(0)
+    if family == "transformer":
+        model = TransformerMaskedLM(TransformerEncoderModel(50, d_model=16, nhead=2,
+                                                            num_layers=1, max_length=12))
+    else:
+        model = RecurrentMaskedLM(50, embedding_dim=8, hidden_size=8)
+    model.eval()  # no dropout: both passes see the same network
+    ids = torch.randint(5, 50, (3, 12))
+    lengths = torch.tensor([12, 9, 5])
+    chosen = (torch.rand(3, 12) < 0.3) & (torch.arange(12) < lengths[:, None])
+    targets = torch.where(chosen, ids, torch.full_like(ids, IGNORE_INDEX))
+    full = model(ids, lengths=lengths).logits  # (N, L, V)
+    part = model(ids, lengths=lengths, positions=chosen).logits  # (K, V)
+    assert part.shape == (int(chosen.sum()), 50)
+    torch.testing.assert_close(part, full[chosen], atol=1e-5, rtol=0)
+    masked_lm_loss(full, targets).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    masked_lm_loss(part, targets[chosen]).backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name], atol=1e-6, rtol=1e-4)
+
+
 def test_a_batch_with_nothing_chosen_gives_zero_not_nan():
     logits = torch.randn(2, 3, 5, requires_grad=True)
     loss = masked_lm_loss(logits, torch.full((2, 3), IGNORE_INDEX))

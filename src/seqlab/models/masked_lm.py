@@ -83,11 +83,15 @@ class RecurrentMaskedLM(nn.Module):
         self,
         inputs: torch.Tensor,
         lengths: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> LMOutput:
+        """Logits (N, L, V); with ``positions`` ((N, L) bool), (K, V) at its K True places,
+        in row-major order (pre-training scores only the chosen tokens)."""
         x = self.dropout(self.embedding(inputs))  # (N, L, E)
         outputs, _ = self.rnn(x, lengths=lengths)  # (N, L, H_out)
         if lengths is not None:
             mask = lengths_to_mask(lengths, inputs.size(1), inputs.size(0), device=x.device)
             outputs = outputs * mask[..., None]  # (N, L, H_out), zero at padding
-        z = self.norm(self.activation(self.transform(self.dropout(outputs))))  # (N, L, E)
-        return LMOutput(logits=self.decoder(z), hidden=outputs)  # logits (N, L, V)
+        scored = outputs if positions is None else outputs[positions]  # (N, L, H_out) or (K, ·)
+        z = self.norm(self.activation(self.transform(self.dropout(scored))))  # (·, E)
+        return LMOutput(logits=self.decoder(z), hidden=outputs)  # logits (·, V)

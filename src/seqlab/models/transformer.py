@@ -359,8 +359,13 @@ class TransformerMaskedLM(nn.Module):
     ========== =================================================
     input_ids  (N, L) long, with some tokens replaced by [MASK]
     targets    (N, L) long: the original token where masked, -100 elsewhere
-    logits     (N, L, V)
+    positions  (N, L) bool, optional: score only these positions
+    logits     (N, L, V); (K, V) for the K True ``positions``, in row-major order
     ========== =================================================
+
+    Pre-training needs the logits only where tokens were chosen: with ``positions`` (the
+    task passes ``targets != -100``) the head runs on those ~15 % of the hidden vectors, which
+    for an 8,000-token vocabulary nearly halves the time of a training step.
     """
 
     def __init__(
@@ -398,12 +403,16 @@ class TransformerMaskedLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         output_attentions: bool = False,
+        positions: torch.Tensor | None = None,
     ) -> LMOutput:
         padding = padding_mask(input_ids, lengths, attention_mask)
         hidden, weights = self.encoder(input_ids, padding, token_type_ids, output_attentions)
-        logits = self.decoder(self.norm(self.activation(self.transform(hidden))))  # (N, L, V)
+        scored = hidden if positions is None else hidden[positions]  # (N, L, E) or (K, E)
+        logits = self.decoder(self.norm(self.activation(self.transform(scored))))  # (·, V)
         loss = None
         if targets is not None:
+            if positions is not None:
+                targets = targets[positions]  # (K,)
             loss = F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
             )

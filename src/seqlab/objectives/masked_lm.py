@@ -88,8 +88,9 @@ def masked_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     .. math::
         \mathcal{L} = -\frac{1}{|M|} \sum_{(n, t) \in M} \log \mathrm{softmax}(z_{n,t})[x_{n,t}]
 
-    A batch where nothing was chosen (possible with tiny batches) gives 0 with a zero gradient
-    rather than NaN.
+    ``logits`` (N, L, V) with ``targets`` (N, L), or, when the model scored only the chosen
+    positions, logits (K, V) with their targets (K,). A batch where nothing was chosen
+    (possible with tiny batches) gives 0 with a zero gradient rather than NaN.
     """
     chosen = targets != IGNORE_INDEX  # (N, L)
     if not bool(chosen.any()):

@@ -347,12 +347,14 @@ class PretrainTask(Task):
         from seqlab.objectives import in_batch_accuracy, info_nce, masked_lm_loss
 
         if self.objective.name == "mlm":
-            out = model(batch["inputs"], lengths=batch["lengths"])
-            loss = masked_lm_loss(out.logits, batch["targets"])
-            chosen = batch["targets"] != -100
+            chosen = batch["targets"] != -100  # (N, L)
+            # The head scores the chosen positions only: logits (K, V).
+            out = model(batch["inputs"], lengths=batch["lengths"], positions=chosen)
+            targets = batch["targets"][chosen]  # (K,)
+            loss = masked_lm_loss(out.logits, targets)
             count = int(chosen.sum())
             with torch.no_grad():
-                correct = float((out.logits.argmax(-1)[chosen] == batch["targets"][chosen]).sum())
+                correct = float((out.logits.argmax(-1) == targets).sum())
             return loss, {"loss": float(loss.detach()) * count, "accuracy": correct}, count
         objective = self.objective
         if "positives" in batch:
