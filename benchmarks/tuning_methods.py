@@ -56,15 +56,15 @@ EMBEDDING_TARGETS = {
 # The training process: `seqlab train`, timing each step from one call of the task's
 # training_step to the next (forward, backward, optimizer step, next batch), in CPU seconds of
 # the process (what the shared machine's other jobs do not change) and in wall seconds, and its
-# peak resident memory (kB on Linux).
-RUNNER = (
+# peak resident memory (kB on Linux). TASK_CLASS is the task whose steps are timed.
+TIMED_RUNNER = (
     "import resource, sys, time\n"
-    "from seqlab.tasks.classify import ClassifyTask\n"
-    "marks, step = [], ClassifyTask.training_step\n"
+    "from {module} import {name} as TaskClass\n"
+    "marks, step = [], TaskClass.training_step\n"
     "def timed(self, *args, **kwargs):\n"
     "    marks.append((time.process_time(), time.perf_counter()))\n"
     "    return step(self, *args, **kwargs)\n"
-    "ClassifyTask.training_step = timed\n"
+    "TaskClass.training_step = timed\n"
     "from seqlab.cli import main\n"
     "code = main(sys.argv[1:])\n"
     "steps = max(len(marks) - 1, 1)\n"
@@ -73,6 +73,7 @@ RUNNER = (
     "print('peak-rss-kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     "sys.exit(code)\n"
 )
+RUNNER = TIMED_RUNNER.format(module="seqlab.tasks.classify", name="ClassifyTask")
 
 
 def _reported(stderr: str, key: str) -> list[float]:
