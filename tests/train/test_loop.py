@@ -112,6 +112,26 @@ def test_early_stopping_and_time_budget(tmp_path):
     assert "valid" in result.summary
 
 
+def test_a_cosine_under_a_time_budget_decays_over_the_budget(tmp_path, monkeypatch):
+    import seqlab.train.loop as loop
+
+    ticks = iter(range(10**6))  # a clock that moves 0.05 s each time it is read
+    monkeypatch.setattr(loop.time, "monotonic", lambda: 0.05 * next(ticks))
+    config = load_config("adding-lstm", TINY_ADDING + [
+        "trainer.max_time_minutes=0.05", "trainer.scheduler=cosine", "trainer.lr=0.01",
+        "trainer.warmup_steps=0",
+        "trainer.epochs=1000", "trainer.log_every=1"])
+    result = train(config, tmp_path / "budget")
+    assert result.fit.stop_reason == "time_budget"
+    records = [r for r in read_metrics(tmp_path / "budget" / "metrics.jsonl")
+               if r["split"] == "train"]
+    steps_total = 1000 * 12  # epochs x batches: a step-based cosine would barely have moved
+    assert result.fit.step < steps_total / 20
+    assert records[0]["lr"] > 0.009 and records[-1]["lr"] < 0.0005  # decayed with the clock
+    lrs = [r["lr"] for r in records]
+    assert lrs == sorted(lrs, reverse=True)
+
+
 def test_existing_run_dir_is_not_overwritten(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")

@@ -25,6 +25,20 @@ def test_warmup_then_cosine_matches_formula():
     assert schedule.lr_for(total) == pytest.approx(min_lr)
 
 
+def test_a_time_budget_moves_the_cosine_on_when_time_runs_out_first():
+    lr, min_lr, warmup, total = 0.1, 0.01, 4, 1000
+    schedule = LRSchedule(_optimizer(), "cosine", lr, total, warmup_steps=warmup, min_lr=min_lr)
+    for step, used in [(10, 0.5), (10, 0.9), (600, 0.1), (2, 0.7), (10, 1.5)]:
+        position = min(1.0, max((step - warmup) / (total - warmup), used))
+        expected = (lr * (step + 1) / warmup if step < warmup else
+                    min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * position)))
+        assert schedule.lr_for(step, used) == pytest.approx(expected, rel=1e-12)
+    assert schedule.lr_for(10, 1.0) == pytest.approx(min_lr)
+    assert schedule.lr_for(10, None) == schedule.lr_for(10, 0.0)  # no budget: steps alone
+    constant = LRSchedule(_optimizer(), "constant", lr, total)
+    assert constant.lr_for(10, 0.9) == lr  # only the cosine follows the clock
+
+
 def test_apply_sets_every_group():
     optimizer = _optimizer()
     schedule = LRSchedule(optimizer, "constant", 0.5, 10, warmup_steps=2)

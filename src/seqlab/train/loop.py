@@ -214,6 +214,11 @@ def fit(
     progress = ProgressDisplay(total_steps, task.unit, enabled=cfg.progress and context.is_main,
                                console=console, every=cfg.log_every)
     start = time.monotonic()
+    budget = 60 * cfg.max_time_minutes if cfg.max_time_minutes is not None else None
+    # Training time every process agrees on (the mean of theirs), for a schedule that follows
+    # the time budget: each process must set the same learning rate.
+    clock = elapsed_before
+    lr = schedule.lr_for(step, clock / budget if budget else None)
 
     def elapsed() -> float:
         return elapsed_before + time.monotonic() - start
@@ -244,7 +249,7 @@ def fit(
         model.train()
         value = metrics[task.metric]
         log.write(step=step, epoch=epoch, split="valid", metrics=metrics,
-                  lr=schedule.lr_for(max(step - 1, 0)), elapsed=elapsed())
+                  lr=lr, elapsed=elapsed())
         progress.note(f"step {step}: valid " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         schedule.observe(value)
         if _improved(value, best_value, task.mode):
@@ -266,11 +271,12 @@ def fit(
                 carry = None
             for index in range(position, len(keys)):
                 batch = to_device(task.collate(keys[index]), device)
-                lr = schedule.apply(step)
+                lr = schedule.apply(step, clock / budget if budget else None)
                 with autocast_context(device, cfg.precision):
                     out = task.training_step(train_model, batch, carry)
-                loss_sum, count = context.all_reduce_sum([out.loss.item(), 1.0])
-                loss_value = loss_sum / count
+                loss_sum, count, clock_sum = context.all_reduce_sum(
+                    [out.loss.item(), 1.0, elapsed()])
+                loss_value, clock = loss_sum / count, clock_sum / count
                 if not math.isfinite(loss_value):
                     raise TrainingError(
                         f"the training loss became {loss_value} at step {step + 1} (epoch {epoch + 1}); "

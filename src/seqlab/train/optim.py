@@ -6,6 +6,12 @@ the number of optimizer steps already taken), warm-up W steps, total S steps::
     lr(s) = lr · (s + 1) / W                                          s < W
     lr(s) = min_lr + (lr − min_lr) · ½ · (1 + cos(π · (s − W) / (S − W)))   W ≤ s ≤ S
 
+With a time budget (``trainer.max_time_minutes``) the cosine runs over whichever ends first,
+the steps or the time: its position is max((s − W) / (S − W), t / T), t the training time so
+far and T the budget, so a run that its budget stops still ends at min_lr (decaying over the
+budget, as in Li, Yumer & Ramanan 2020, "Budgeted Training"). The learning rate of such a run
+depends on the machine's speed; a run with ``max_steps`` and no budget does not.
+
 "plateau" multiplies the learning rate by `plateau_factor` when the validation metric has not
 improved for `plateau_patience` evaluations (after the warm-up, which is linear as above).
 """
@@ -69,12 +75,14 @@ def clip_gradients(parameters, max_norm: float | None = None, max_value: float |
     return float(torch.nn.utils.clip_grad_norm_(parameters, limit))
 
 
-def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """lr(step) / lr for linear warm-up then cosine decay to `min_ratio` (formula in the module doc)."""
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float,
+                         time_fraction: float | None = None) -> float:
+    """lr(step) / lr for linear warm-up then cosine decay to `min_ratio` (formula in the module
+    doc); `time_fraction` t / T, when given, moves the decay on if time runs out first."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
+    progress = min(1.0, max((step - warmup_steps) / span, time_fraction or 0.0))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -114,16 +122,18 @@ class LRSchedule:
         self.best: float | None = None
         self.bad_evals = 0
 
-    def lr_for(self, step: int) -> float:
+    def lr_for(self, step: int, time_fraction: float | None = None) -> float:
+        """The rate of step `step`; `time_fraction`, the share of a time budget used so far,
+        counts for the cosine only."""
         if self.kind == "cosine":
             return self.lr * warmup_cosine_factor(
-                step, self.warmup_steps, self.total_steps, self.min_lr / self.lr
+                step, self.warmup_steps, self.total_steps, self.min_lr / self.lr, time_fraction
             )
         warm = (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
         return max(self.min_lr, self.lr * self.scale) * warm if self.kind == "plateau" else self.lr * warm
 
-    def apply(self, step: int) -> float:
-        lr = self.lr_for(step)
+    def apply(self, step: int, time_fraction: float | None = None) -> float:
+        lr = self.lr_for(step, time_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
