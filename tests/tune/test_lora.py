@@ -89,6 +89,40 @@ def test_fused_qkv_parts_equal_attention_with_updated_weight():
     torch.testing.assert_close(attention(x, x, x)[0], reference(x, x, x)[0], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("targets", [["in_proj_weight"], ["in_proj_weight:q", "in_proj_weight:v"]])
+def test_attention_takes_the_update_on_its_activations_with_the_formed_weight_gradients(targets):
+    """Self- and cross-attention project through W and the branch s x A^T B^T: outputs and
+    gradients (A, B, inputs) equal those through W' = W + s B A formed as one matrix (float64)."""
+    torch.manual_seed(0)
+    attention = MultiheadAttention(8, 2, batch_first=True).double()
+    plain = MultiheadAttention(8, 2, batch_first=True).double()
+    plain.load_state_dict(attention.state_dict())
+    holder = nn.Module()
+    holder.attention = attention
+    apply_tuning(holder, "lora", r=2, alpha=4, targets=targets)
+    _randomise_lora(holder)
+    lora = attention.parametrizations.in_proj_weight[0]
+    weight = attention.parametrizations.in_proj_weight.original
+    pairs = [p for n, p in lora.named_parameters()]
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    memory = torch.randn(3, 4, 8, dtype=torch.float64, requires_grad=True)
+
+    def formed(query, source):
+        formed_weight = weight + lora.delta()  # (3E, E)
+        return torch.func.functional_call(plain, {"in_proj_weight": formed_weight},
+                                          (query, source, source))[0]
+
+    for source in (x, memory):  # self-attention, then cross-attention
+        out = attention(x, source, source)[0]
+        expected = formed(x, source)
+        torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+        grads = torch.autograd.grad(out.square().sum(), [x, source, *pairs])
+        expected_grads = torch.autograd.grad(expected.square().sum(), [x, source, *pairs])
+        for got, want in zip(grads, expected_grads):
+            torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+    assert weight.grad is None and not weight.requires_grad  # the frozen W takes no gradient
+
+
 def test_merge_unmerge_round_trip():
     model = _tiny_lm()
     original = {k: v.clone() for k, v in model.state_dict().items()}

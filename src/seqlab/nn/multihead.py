@@ -213,20 +213,38 @@ class MultiheadAttention(nn.Module):
             nn.init.zeros_(self.in_proj_bias)
             nn.init.zeros_(self.out_proj.bias)
 
+    def _in_projection(self, x: torch.Tensor, part: int | None = None) -> torch.Tensor:
+        """x W^T + b for all rows of in_proj_weight (part None) or those of W_q / W_k / W_v.
+
+        A low-rank update registered on in_proj_weight through ``torch.nn.utils.parametrize``
+        that offers ``branch`` (LoRA, :mod:`seqlab.tune.lora`) is added on the activations,
+        x W^T + s · x A^T B^T, rather than through the formed W' = W + s · B A: the same
+        numbers, without the (3E, E) gradient of W' in the backward pass.
+        """
+        chain = getattr(getattr(self, "parametrizations", None), "in_proj_weight", None)
+        branch = None
+        if chain is not None and len(chain) == 1 and hasattr(chain[0], "branch"):
+            weight = chain.original  # W itself
+            branch = chain[0].branch(x, part)
+        else:
+            weight = self.in_proj_weight
+        bias = self.in_proj_bias
+        if part is not None:
+            rows = slice(part * self.embed_dim, (part + 1) * self.embed_dim)
+            weight, bias = weight[rows], None if bias is None else bias[rows]
+        projected = F.linear(x, weight, bias)  # (N, T, E) or (N, T, 3E)
+        return projected if branch is None else projected + branch
+
     def _project(self, x: torch.Tensor, part: int) -> torch.Tensor:
         """x (N, T, E) through W_q (part 0), W_k (1) or W_v (2), split into heads (N, h, T, d)."""
-        size = self.embed_dim
-        rows = slice(part * size, (part + 1) * size)
-        weight = self.in_proj_weight[rows]
-        bias = None if self.in_proj_bias is None else self.in_proj_bias[rows]
         batch, length = x.shape[:2]
-        projected = F.linear(x, weight, bias)  # (N, T, E)
+        projected = self._in_projection(x, part)  # (N, T, E)
         return projected.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     def _project_self(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (N, T, E) through all of in_proj_weight at once, split into q, k, v (N, h, T, d)."""
         batch, length = x.shape[:2]
-        projected = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (N, T, 3E)
+        projected = self._in_projection(x)  # (N, T, 3E)
         return tuple(
             part.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
             for part in projected.split(self.embed_dim, dim=-1)

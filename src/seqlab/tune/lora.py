@@ -21,6 +21,9 @@ Two ways of attaching, one formula:
   packed input keep working. W' is formed once per forward; its price is one (out, in) matrix
   product per step (and, backwards, the gradient of the whole W', from which A's and B's
   follow), so dropout on the branch input has no place there: those weights take no dropout.
+  The attention's in-projection is the exception that knows its weight: it takes the update
+  as a branch on its activations, x W^T + s · x A^T B^T (:meth:`LoraParametrization.branch`),
+  the same numbers without the gradient of W'.
 
 ``merge`` folds s · B A into W (the layer then runs at the base model's speed), ``unmerge``
 takes it out again; ``disabled`` turns the update off (the base model, e.g. DPO's reference).
@@ -187,6 +190,36 @@ class LoraParametrization(TuningModule):
             else:
                 blocks.append(self._zero_block())
         return self.scaling * torch.cat(blocks)  # (3E, in)
+
+    def branch(self, x: torch.Tensor, part: int | None = None) -> torch.Tensor | None:
+        """s · x (B A)^T on the activations, for the output rows of all of W (part None) or of
+        part 0 / 1 / 2 (q / k / v) of a fused matrix; None when no update applies there.
+
+        Equal to the rows' share of x ΔW^T, by two thin products (x A^T, then B^T) instead of
+        forming ΔW: a layer that knows its weight can take the update this way (the attention's
+        in-projection does), which spares the (out, in) gradient of W' in the backward pass.
+        """
+        if self.disabled or self.merged:
+            return None
+        if not self.parts:
+            lora_B = self.lora_B
+            if part is not None:
+                size = lora_B.size(0) // len(PARTS)
+                lora_B = lora_B[part * size:(part + 1) * size]
+            return self.scaling * F.linear(F.linear(x, self.lora_A), lora_B)
+        if part is not None:
+            if PARTS[part] not in self.parts:
+                return None
+            lora_A, lora_B = self.pair(PARTS[part])
+            return self.scaling * F.linear(F.linear(x, lora_A), lora_B)
+        outputs = []
+        for name in PARTS:
+            if name in self.parts:
+                lora_A, lora_B = self.pair(name)
+                outputs.append(F.linear(F.linear(x, lora_A), lora_B))  # (..., E)
+            else:
+                outputs.append(x.new_zeros(*x.shape[:-1], self.part_size))
+        return self.scaling * torch.cat(outputs, dim=-1)  # (..., 3E)
 
     def _zero_block(self) -> torch.Tensor:
         lora_A = self.pair(self.parts[0])[0]
