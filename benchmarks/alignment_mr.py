@@ -410,6 +410,7 @@ def main() -> None:
     parser.add_argument("--kl-coef", type=float, default=0.05)
     parser.add_argument("--ppo-rollouts", type=int, default=100, help="rollouts of 16 prompts, 4 epochs each")
     parser.add_argument("--grpo-rollouts", type=int, default=150, help="rollouts of 8 prompts x 4 replies")
+    parser.add_argument("--grpo-beta", type=float, default=0.04, help="GRPO's KL weight (objective.beta)")
     parser.add_argument("--dpo-lr", type=float, default=1e-4)
     parser.add_argument("--policies", nargs="*", default=list(POLICIES),
                         help="run directories under OUT/runs to evaluate (default: the four policies)")
@@ -457,7 +458,7 @@ def main() -> None:
         "grpo": ("grpo", [
             f"data.train={files['prompts.jsonl']}", f"model.init_from={sft}", f"reward.from={rm}",
             "data.max_length=64", "data.valid_fraction=0.01", f"objective.max_new_tokens={args.max_new_tokens}",
-            "trainer.batch_size=8", f"trainer.lr={args.rl_lr}",
+            f"objective.beta={args.grpo_beta}", "trainer.batch_size=8", f"trainer.lr={args.rl_lr}",
             f"trainer.max_steps={args.grpo_rollouts}", "trainer.eval_every=10",
             "trainer.eval_max_batches=8"]),
     }
