@@ -32,11 +32,14 @@ from tuning_methods import TIMED_RUNNER, _reported, _size
 
 RUNNER = TIMED_RUNNER.format(module="seqlab.tasks.causal_lm", name="CausalLMTask")
 # (row name, overrides, learning rate): the rates of the classifier tables, full fine-tuning at
-# half the pre-training rate.
+# half the pre-training rate. LoRA's default targets are the attention's q and v; the third LoRA
+# row takes every matrix of every block (attention in and out, both feed-forward layers).
 METHODS = [
     ("full", [], 5e-4),
     ("LoRA r=4", ["tune.method=lora", "tune.r=4", "tune.alpha=8"], 2e-3),
     ("LoRA r=16", ["tune.method=lora", "tune.r=16", "tune.alpha=32"], 2e-3),
+    ("LoRA r=16, every matrix", ["tune.method=lora", "tune.r=16", "tune.alpha=32",
+                                 "tune.targets=[in_proj_weight,out_proj,linear1,linear2]"], 2e-3),
     ("adapter houlsby", ["tune.method=adapter", "tune.placement=houlsby"], 1e-2),
     ("adapter pfeiffer", ["tune.method=adapter", "tune.placement=pfeiffer"], 1e-2),
     ("prefix", ["tune.method=prefix", "tune.num_virtual_tokens=10"], 1e-2),
