@@ -62,7 +62,7 @@ def train(args, family, start, data_set, fraction, train_file, out, lr) -> dict:
         f"data.max_length={args.max_length}", f"trainer.max_steps={args.steps}",
         f"trainer.eval_every={args.eval_every}", "trainer.epochs=1000",
         "trainer.early_stopping_patience=null", "trainer.num_threads=1",
-        "trainer.progress=false", f"trainer.seed={args.seed}", "trainer.warmup_steps=0",
+        "trainer.progress=false", f"trainer.seed={args.seed}", f"trainer.warmup_steps={args.warmup}",
         f"trainer.lr={lr}",
     ]
     pretrained = args.transformer if family == "transformer" else args.recurrent
@@ -155,6 +155,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--lrs", nargs="+", type=float, default=[5e-4, 2e-3],
                         help="learning rates tried for every run; the best on validation counts")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="warm-up steps of every fine-tuning (a linear rise to the rate)")
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
