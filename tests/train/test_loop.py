@@ -132,6 +132,17 @@ def test_a_cosine_under_a_time_budget_decays_over_the_budget(tmp_path, monkeypat
     assert lrs == sorted(lrs, reverse=True)
 
 
+def test_a_run_on_pace_within_its_budget_keeps_the_rates_of_its_steps(tmp_path):
+    options = TINY_ADDING + ["trainer.scheduler=cosine", "trainer.max_steps=12",
+                             "trainer.log_every=1", "trainer.warmup_steps=2"]
+    runs = {}
+    for name, budget in (("none", "null"), ("budget", "60")):
+        train(load_config("adding-lstm", options + [f"trainer.max_time_minutes={budget}"]),
+              tmp_path / name)
+        runs[name] = _without_elapsed(tmp_path / name / "metrics.jsonl")
+    assert runs["budget"] == runs["none"]  # the same rates, so the same losses, bit for bit
+
+
 def test_existing_run_dir_is_not_overwritten(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")

@@ -28,13 +28,14 @@ def test_warmup_then_cosine_matches_formula():
 def test_a_time_budget_moves_the_cosine_on_when_time_runs_out_first():
     lr, min_lr, warmup, total = 0.1, 0.01, 4, 1000
     schedule = LRSchedule(_optimizer(), "cosine", lr, total, warmup_steps=warmup, min_lr=min_lr)
-    for step, used in [(10, 0.5), (10, 0.9), (600, 0.1), (2, 0.7), (10, 1.5)]:
-        position = min(1.0, max((step - warmup) / (total - warmup), used))
+    for step, used in [(10, 0.5), (10, 0.9), (600, 0.3), (2, 0.7), (10, 1.5), (10, 0.05)]:
+        position = min(1.0, max((step - warmup) / (total - warmup), (used - 0.1) / 0.9))
         expected = (lr * (step + 1) / warmup if step < warmup else
                     min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * position)))
         assert schedule.lr_for(step, used) == pytest.approx(expected, rel=1e-12)
     assert schedule.lr_for(10, 1.0) == pytest.approx(min_lr)
     assert schedule.lr_for(10, None) == schedule.lr_for(10, 0.0)  # no budget: steps alone
+    assert schedule.lr_for(10, 0.1) == schedule.lr_for(10, None)  # the first tenth: steps alone
     constant = LRSchedule(_optimizer(), "constant", lr, total)
     assert constant.lr_for(10, 0.9) == lr  # only the cosine follows the clock
 

@@ -7,10 +7,12 @@ the number of optimizer steps already taken), warm-up W steps, total S steps::
     lr(s) = min_lr + (lr − min_lr) · ½ · (1 + cos(π · (s − W) / (S − W)))   W ≤ s ≤ S
 
 With a time budget (``trainer.max_time_minutes``) the cosine runs over whichever ends first,
-the steps or the time: its position is max((s − W) / (S − W), t / T), t the training time so
-far and T the budget, so a run that its budget stops still ends at min_lr (decaying over the
-budget, as in Li, Yumer & Ramanan 2020, "Budgeted Training"). The learning rate of such a run
-depends on the machine's speed; a run with ``max_steps`` and no budget does not.
+the steps or the time: its position is max((s − W) / (S − W), (t / T − m) / (1 − m)), t the
+training time so far, T the budget and m = 0.1, so a run that its budget stops still ends at
+min_lr (decaying over the budget, as in Li, Yumer & Ramanan 2020, "Budgeted Training"). The
+first tenth of the budget never moves the schedule: a run on pace to finish its steps in time
+keeps the rates of its steps alone, the same in every run and after a resume. Only a run that
+its budget binds has rates that depend on the machine's speed.
 
 "plateau" multiplies the learning rate by `plateau_factor` when the validation metric has not
 improved for `plateau_patience` evaluations (after the warm-up, which is linear as above).
@@ -23,6 +25,9 @@ import math
 import torch
 
 __all__ = ["LRSchedule", "build_optimizer", "clip_gradients", "warmup_cosine_factor"]
+
+# The share of a time budget that never moves the cosine (m in the module doc).
+TIME_MARGIN = 0.1
 
 
 def build_optimizer(
@@ -82,7 +87,8 @@ def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_rat
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, max((step - warmup_steps) / span, time_fraction or 0.0))
+    by_time = ((time_fraction or 0.0) - TIME_MARGIN) / (1.0 - TIME_MARGIN)
+    progress = min(1.0, max((step - warmup_steps) / span, by_time))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
