@@ -91,6 +91,24 @@ def test_prompt_generation_past_the_positions_slides_over_what_is_left():
         assert out[0, end] == expected
 
 
+def test_chat_and_server_streams_fit_in_the_positions_a_prompt_leaves():
+    from seqlab.align import stream_reply
+    from seqlab.serve.models import stream_tokens
+
+    model = _lm()  # 32 positions
+    apply_tuning(model, "prompt", num_virtual_tokens=3, init="vocab")
+    assert model.context_length == 29
+    with disable_adapters(model):
+        assert model.context_length == 32
+    prompt = [int(i) % 20 for i in range(27)]  # two real positions left
+    reply = list(stream_reply(model, prompt, end_of_turn_id=-1, max_new_tokens=10,
+                              temperature=0))
+    assert len(reply) == 2
+    assert reply == model.generate(prompt, 2, temperature=0)[0, 27:].tolist()
+    streamed = torch.stack(list(stream_tokens(model, IDS[:1], 40, 0.0, None, None, None)), 1)
+    assert torch.equal(streamed, model.generate(IDS[:1], 40, temperature=0)[:, 5:])
+
+
 def test_encoder_tagger_prompt_from_text():
     torch.manual_seed(0)
     encoder = TransformerEncoderModel(20, d_model=16, nhead=2, num_layers=2, dropout=0.0,

@@ -537,6 +537,12 @@ class TransformerLM(nn.Module):
             hidden=hidden,
         )
 
+    @property
+    def context_length(self) -> int:
+        """The positions left to real tokens: ``max_length``, less those a soft prompt (prompt
+        tuning) takes in front of them. A sliding window or a chat history fits in this."""
+        return self.max_length - sum(getattr(m, "positions_taken", 0) for m in self.modules())
+
     @torch.no_grad()
     def generate(
         self,
@@ -553,9 +559,8 @@ class TransformerLM(nn.Module):
         With ``use_cache`` the prompt is read once and each new token alone after it (keys and
         values of the past come from the cache); without, every step re-reads the whole
         sequence. Both give the same tokens. Once the sequence outgrows the ``max_length``
-        positions, both read a sliding window of the last ``max_length`` tokens (the cache
-        cannot slide: learned and sinusoidal positions would shift), fewer by the positions a
-        soft prompt takes (prompt tuning). Tokens are chosen
+        positions, both read a sliding window of the last :attr:`context_length` tokens (the
+        cache cannot slide: learned and sinusoidal positions would shift). Tokens are chosen
         by :func:`seqlab.decode.sampling.sample_next_token` (``temperature=0`` is greedy). Runs
         in eval mode and restores the previous mode. Returns (N, P + max_new_tokens).
         """
@@ -567,8 +572,7 @@ class TransformerLM(nn.Module):
         self.eval()
         try:
             tokens = prompt_ids
-            # Positions left to real tokens; a soft prompt (prompt tuning) comes first.
-            window = self.max_length - sum(getattr(m, "positions_taken", 0) for m in self.modules())
+            window = self.context_length
             cache = self.new_cache() if use_cache else None
             logits = self(prompt_ids[:, -window:], state=cache).logits[:, -1]
             for step in range(max_new_tokens):

@@ -193,7 +193,7 @@ def stream_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperat
             if step + 1 < max_new_tokens:
                 out = model(token.unsqueeze(1), out.state)
         return
-    limit = model.max_length
+    limit = model.context_length  # the cache holds a soft prompt's positions too
     tokens, cache = prompt_ids, model.new_cache()
     logits = model(prompt_ids[:, -limit:], state=cache).logits[:, -1]
     for step in range(max_new_tokens):
@@ -203,7 +203,7 @@ def stream_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperat
         tokens = torch.cat([tokens, token[:, None]], dim=1)
         if step + 1 == max_new_tokens:
             break
-        if cache is not None and cache.length == limit:
+        if cache is not None and cache.length == model.max_length:
             cache = None
         if cache is not None:
             logits = model(token[:, None], state=cache).logits[:, -1]
