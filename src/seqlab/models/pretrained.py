@@ -220,6 +220,10 @@ def load_matching(
     return report
 
 
+def _first_names(names: list[str], shown: int = 12) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def freeze_parameters(
     model: nn.Module, patterns: list[str], head_modules: tuple[str, ...] = ("head",)
 ) -> list[str]:
@@ -234,18 +238,17 @@ def freeze_parameters(
         else:
             matched = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not matched:
-            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
             raise ValueError(f"trainer.freeze pattern {pattern!r} matches no parameter; "
-                             f"the parameters are: {shown}")
+                             f"the parameters are: {_first_names(names)}")
         frozen.update(matched)
     if len(frozen) == len(names):
         heads = [n for n in names if n.split(".")[0] in head_modules]
         why = ("its head has no weights of its own (an output layer tied to the token embedding "
                "is named after the embedding)" if "body" in patterns and not heads else
                "every parameter matches")
-        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
         raise ValueError(f"trainer.freeze={','.join(patterns)} leaves nothing to train: {why}; "
-                         f"name the parameters to freeze by pattern instead; they are: {shown}")
+                         f"name the parameters to freeze by pattern instead; they are: "
+                         f"{_first_names(names)}")
     for name, parameter in model.named_parameters():
         if name in frozen:
             parameter.requires_grad_(False)

@@ -92,7 +92,8 @@ def masked_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     positions, logits (K, V) with their targets (K,). A batch where nothing was chosen
     (possible with tiny batches) gives 0 with a zero gradient rather than NaN.
     """
-    chosen = targets != IGNORE_INDEX  # (N, L)
-    if not bool(chosen.any()):
+    if not bool((targets != IGNORE_INDEX).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits[chosen], targets[chosen])  # over (K, V), K chosen
+    # ignore_index leaves the unchosen rows out of the mean without copying the chosen ones.
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                           ignore_index=IGNORE_INDEX)
