@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from seqlab.train.optim import LRSchedule, build_optimizer, clip_gradients
+from seqlab.train.optim import LRSchedule, build_optimizer, clip_gradients, layer_lr_scales
 
 
 def _optimizer(lr=1.0):
@@ -137,3 +137,44 @@ def test_fused_adam_takes_the_same_steps_as_the_loop(name):
         reference.step()
     for p, q in zip(ours, plain):
         assert torch.allclose(p, q, rtol=1e-12, atol=1e-14)
+
+
+class _Stack(torch.nn.Module):
+    """Embeddings, three numbered layers (one a torch.nn LSTM's `_l<k>` weights) and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(5, 3)
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)])
+        self.rnn = torch.nn.LSTM(3, 3, num_layers=2)
+        self.head = torch.nn.Linear(3, 2)
+
+
+def test_layer_lr_scales_follow_the_depth():
+    model, decay = _Stack(), 0.5
+    scales = {name: layer_lr_scales(model, decay)[p] for name, p in model.named_parameters()}
+    # Layers 0 and 1 (the Linear stack and the LSTM's two layers share their numbers): D = 2.
+    assert scales["embedding.weight"] == decay ** 3
+    assert scales["layers.0.weight"] == scales["rnn.weight_hh_l0"] == decay ** 2
+    assert scales["layers.1.bias"] == scales["rnn.bias_ih_l1"] == decay ** 1
+    assert scales["head.weight"] == scales["head.bias"] == 1.0
+    model.embedding.weight.requires_grad_(False)  # frozen weights are left out
+    assert model.embedding.weight not in layer_lr_scales(model, decay)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_layer_scaled_rates_are_the_sgd_steps_taken(weight_decay):
+    torch.manual_seed(0)
+    model, decay, lr = _Stack(), 0.5, 0.1
+    scales = layer_lr_scales(model, decay)
+    optimizer = build_optimizer(model.parameters(), "sgd", lr, weight_decay, lr_scales=scales)
+    schedule = LRSchedule(optimizer, "cosine", lr, 10, warmup_steps=2)
+    before = {p: p.detach().clone() for p in model.parameters()}
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    rate = schedule.apply(3)
+    optimizer.step()
+    for p in model.parameters():
+        decayed = weight_decay if p.dim() >= 2 else 0.0
+        expected = before[p] - rate * scales[p] * (p.grad + decayed * before[p])
+        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-7)

@@ -58,6 +58,9 @@ class TrainerConfig(StrictModel):
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
     momentum: float = Field(0.0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
+    # Layer-wise learning-rate decay for fine-tuning (seqlab.train.optim.layer_lr_scales): the
+    # head keeps trainer.lr, each layer below it gets this factor once more, the embeddings last.
+    layer_lr_decay: float | None = Field(None, gt=0, le=1)
     betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
         default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2
     )

@@ -34,7 +34,7 @@ from seqlab.train.checkpoint import (
 )
 from seqlab.train.config import TrainerConfig
 from seqlab.train.distributed import DistContext
-from seqlab.train.optim import LRSchedule, build_optimizer, clip_gradients
+from seqlab.train.optim import LRSchedule, build_optimizer, clip_gradients, layer_lr_scales
 from seqlab.train.reporting import MetricsLog, ProgressDisplay
 
 __all__ = ["FitResult", "TrainingError", "autocast_context", "detach_carry", "fit",
@@ -168,8 +168,9 @@ def fit(
     device = context.device
     model.to(device)
     train_model = context.wrap(model)
+    scales = layer_lr_scales(model, cfg.layer_lr_decay) if cfg.layer_lr_decay else None
     optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
-                                tuple(cfg.betas))
+                                tuple(cfg.betas), lr_scales=scales)
     batch_size = cfg.batch_size
     eval_batch_size = cfg.eval_batch_size or cfg.batch_size
     steps_per_epoch = len(task.train_batches(0, batch_size, context.rank, context.world_size))

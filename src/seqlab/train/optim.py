@@ -14,6 +14,12 @@ first tenth of the budget never moves the schedule: a run on pace to finish its 
 keeps the rates of its steps alone, the same in every run and after a resume. Only a run that
 its budget binds has rates that depend on the machine's speed.
 
+Layer-wise learning-rate decay (`trainer.layer_lr_decay` = ξ, for fine-tuning a pre-trained
+encoder; Howard & Ruder 2018's discriminative rates, Clark et al. 2020's ELECTRA recipe): with
+D numbered layers, a parameter of layer i (0-based) trains at lr · ξ^(D − i), the embeddings at
+lr · ξ^(D + 1) and everything else (the task head, a final norm) at lr, so the layers the
+pre-training shaped most generally move least. Every schedule multiplies these scales.
+
 "plateau" multiplies the learning rate by `plateau_factor` when the validation metric has not
 improved for `plateau_patience` evaluations (after the warm-up, which is linear as above).
 """
@@ -21,13 +27,44 @@ improved for `plateau_patience` evaluations (after the warm-up, which is linear 
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
-__all__ = ["LRSchedule", "build_optimizer", "clip_gradients", "warmup_cosine_factor"]
+__all__ = [
+    "LRSchedule", "build_optimizer", "clip_gradients", "layer_lr_scales", "warmup_cosine_factor",
+]
 
 # The share of a time budget that never moves the cosine (m in the module doc).
 TIME_MARGIN = 0.1
+
+# `layers.3.` / `blocks.3.` / `h.3.` / `_l3` (torch.nn's recurrent weights): the layer's number.
+_LAYER = re.compile(r"(?:^|\.)(?:layers|layer|blocks|h)\.(\d+)\.|_l(\d+)(?:_reverse)?$")
+_EMBEDDING = re.compile(r"embed|(?:^|\.)(?:wte|wpe)\.|position")
+
+
+def layer_lr_scales(model: torch.nn.Module, decay: float) -> dict[torch.nn.Parameter, float]:
+    """Each trainable parameter's learning-rate factor under layer-wise decay `decay` (module doc).
+
+    The layer of a parameter is the first number after `layers.` / `blocks.` / `h.` in its
+    name (or torch.nn's `_l<k>` suffix); names with `embed` or `position` outside a layer are the
+    embeddings. A model with no numbered layer has depth 0: its embeddings get `decay`, the rest 1.
+    """
+    depth, found = {}, []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        match = _LAYER.search(name)
+        if match:
+            layer = int(match.group(1) or match.group(2))
+            depth[parameter] = layer
+            found.append(layer)
+        elif _EMBEDDING.search(name):
+            depth[parameter] = -1
+        else:
+            depth[parameter] = None
+    layers = max(found) + 1 if found else 0
+    return {p: 1.0 if d is None else decay ** (layers - d) for p, d in depth.items()}
 
 
 def build_optimizer(
@@ -37,6 +74,7 @@ def build_optimizer(
     weight_decay: float = 0.0,
     momentum: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
+    lr_scales: dict[torch.nn.Parameter, float] | None = None,
 ) -> torch.optim.Optimizer:
     """One of sgd / adam / adamw / rmsprop over `parameters`.
 
@@ -45,13 +83,21 @@ def build_optimizer(
     offset or scale towards zero (as in BERT and GPT-2 training). `betas` are Adam's (β1, β2).
     Adam and AdamW run torch's fused kernel (one pass over all parameters, the same update to
     rounding) when every parameter is a floating-point tensor on the CPU or a CUDA device.
+    `lr_scales` (parameter -> factor, from `layer_lr_scales`) puts each factor in its own
+    parameter groups as `lr_scale`, which `LRSchedule` multiplies into every step's rate.
     """
     parameters = [p for p in parameters if p.requires_grad]
-    groups = [
-        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    groups = [group for group in groups if group["params"]] if weight_decay > 0 else parameters
+    scales = lr_scales or {}
+    groups = []
+    for scale in sorted({scales.get(p, 1.0) for p in parameters}, reverse=True):
+        members = [p for p in parameters if scales.get(p, 1.0) == scale]
+        for decays in (True, False):
+            chosen = [p for p in members if (p.dim() >= 2) == decays]
+            if chosen:
+                groups.append({"params": chosen, "weight_decay": weight_decay if decays else 0.0,
+                               "lr_scale": scale, "lr": lr * scale})
+    if weight_decay == 0 and not lr_scales:
+        groups = parameters
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     fused = bool(parameters) and all(
@@ -141,7 +187,7 @@ class LRSchedule:
     def apply(self, step: int, time_fraction: float | None = None) -> float:
         lr = self.lr_for(step, time_fraction)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
 
     def observe(self, value: float) -> None:
