@@ -411,6 +411,10 @@ def main() -> None:
     parser.add_argument("--ppo-rollouts", type=int, default=100, help="rollouts of 16 prompts, 4 epochs each")
     parser.add_argument("--grpo-rollouts", type=int, default=150, help="rollouts of 8 prompts x 4 replies")
     parser.add_argument("--grpo-beta", type=float, default=0.04, help="GRPO's KL weight (objective.beta)")
+    parser.add_argument("--reward-models", type=int, default=1,
+                        help="reward models PPO and GRPO read (an ensemble, each its own seed)")
+    parser.add_argument("--reward-combine", choices=("mean", "min"), default="mean",
+                        help="how an ensemble's rewards combine (reward.combine)")
     parser.add_argument("--dpo-lr", type=float, default=1e-4)
     parser.add_argument("--policies", nargs="*", default=list(POLICIES),
                         help="run directories under OUT/runs to evaluate (default: the four policies)")
@@ -428,6 +432,10 @@ def main() -> None:
     stages = set(args.stages or STAGES)
     mr = args.data / "sentences" / "mr"
     sft, rm = runs / "sft", runs / "reward-model"
+    # An ensemble: reward-model-1, ... differ from reward-model in seed (their own 10 % held out).
+    ensemble = [rm] + [runs / f"reward-model-{k}" for k in range(1, args.reward_models)]
+    reward = ([f"reward.from={rm}"] if args.reward_models == 1 else
+              [f"reward.from=[{','.join(map(str, ensemble))}]", f"reward.combine={args.reward_combine}"])
     pairs = files["pairs.jsonl"] if args.pairs == "labels" else args.out / "data" / "sample_pairs.jsonl"
     recipes = {
         "pretrain": ("pretrain-clm", pretrain_overrides(files["corpus.txt"], 4000, args.pretrain_minutes)),
@@ -450,13 +458,13 @@ def main() -> None:
             "trainer.epochs=2", "trainer.batch_size=16", f"trainer.lr={args.dpo_lr}",
             "trainer.eval_every=100"]),
         "ppo": ("ppo", [
-            f"data.train={files['prompts.jsonl']}", f"model.init_from={sft}", f"reward.from={rm}",
+            f"data.train={files['prompts.jsonl']}", f"model.init_from={sft}", *reward,
             "data.max_length=64", "data.valid_fraction=0.01", f"objective.max_new_tokens={args.max_new_tokens}",
             f"objective.kl_coef={args.kl_coef}", "trainer.batch_size=16", f"trainer.lr={args.rl_lr}",
             f"trainer.max_steps={args.ppo_rollouts * 4}", "trainer.eval_every=40",
             "trainer.eval_max_batches=4"]),
         "grpo": ("grpo", [
-            f"data.train={files['prompts.jsonl']}", f"model.init_from={sft}", f"reward.from={rm}",
+            f"data.train={files['prompts.jsonl']}", f"model.init_from={sft}", *reward,
             "data.max_length=64", "data.valid_fraction=0.01", f"objective.max_new_tokens={args.max_new_tokens}",
             f"objective.beta={args.grpo_beta}", "trainer.batch_size=8", f"trainer.lr={args.rl_lr}",
             f"trainer.max_steps={args.grpo_rollouts}", "trainer.eval_every=10",
@@ -471,6 +479,10 @@ def main() -> None:
             recipe, overrides = recipes[stage]
             quick = ["trainer.max_steps=10", "trainer.eval_every=5", "trainer.max_time_minutes=1"] if args.quick else []
             run_seqlab(recipe, [*overrides, *common, *quick], runs / stage)
+            if stage == "reward-model":
+                for k, run in enumerate(ensemble[1:], start=1):
+                    seeded = [o for o in common if not o.startswith("trainer.seed=")]
+                    run_seqlab(recipe, [*overrides, *seeded, f"trainer.seed={args.seed + k}", *quick], run)
     if "evaluate" in stages:
         report(args, runs, files)
 

@@ -318,3 +318,36 @@ def test_reward_section_is_the_objectives_reward_keys(tmp_path):
         load_config("ppo", ["data.train=p.txt", "reward.form=x"])
     with pytest.raises(ConfigError, match="reward.fn=a:b and objective.reward_fn=c:d disagree"):
         load_config("ppo", ["data.train=p.txt", "reward.fn=a:b", "objective.reward_fn=c:d"])
+
+
+@pytest.mark.parametrize("combine", ["mean", "min"])
+def test_a_reward_ensemble_combines_its_models_rewards(toy, sun_reward, combine):
+    from seqlab.models import load
+
+    runs = []
+    for seed in (0, 1):
+        run = toy["root"] / f"rm-ensemble-{seed}"
+        if not (run / "summary.json").is_file():
+            train(load_config("reward-model", [f"data.train={toy['pairs']}", f"model.init_from={toy['sft']}",
+                                                "trainer.max_steps=4", "trainer.lr=0.003", "trainer.batch_size=8",
+                                                f"trainer.seed={seed}", *TINY]), run_dir=run)
+        runs.append(run)
+    overrides = [o for o in _rl_overrides(toy, sun_reward, 1) if not o.startswith("reward.fn")]
+    run = toy["root"] / f"ppo-ensemble-{combine}"
+    train(load_config("ppo", [*overrides, f"reward.from=[{runs[0]},{runs[1]}]",
+                              f"reward.combine={combine}"]), run_dir=run)
+    _, task, _, device = open_run(run)
+    task.prepare(fit_vocab=False)
+    assert task.reward_runs() == [str(r) for r in runs]
+    sequences = [task.tokenizer.encode(text) for text in ("say cat sun sun", "say dog dog", "say sun")]
+    replies = [s[2:] for s in sequences]
+    prompts = [[{"role": "user", "content": "say"}]] * 3
+    combined = task.scores(prompts, sequences, replies, device)
+    each = []
+    for path in runs:
+        model = load(path).eval()
+        each.append(torch.stack([model(torch.tensor([s]), lengths=torch.tensor([len(s)])).rewards[0]
+                                 for s in sequences]))
+    expected = torch.minimum(*each) if combine == "min" else (each[0] + each[1]) / 2
+    torch.testing.assert_close(combined, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(each[0], each[1])  # two different models, or the test shows nothing

@@ -82,8 +82,11 @@ def read_prompts(path: str) -> list[list[dict]]:
 
 
 class RLObjective(StrictModel):
-    reward_from: str | None = None
+    # One reward-model run, or several (an ensemble: their rewards combined by reward_combine,
+    # "mean" or "min", the worst case; Coste et al. 2024 find both curb reward over-optimisation).
+    reward_from: str | list[str] | None = None
     reward_fn: str | None = None
+    reward_combine: Literal["mean", "min"] = "mean"
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -121,7 +124,7 @@ class RLTask(DPOTask):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.rollout = None  # (prompt indices, tensors) of the rollout being trained on
-        self.reward_model = None
+        self.reward_models = None
         self.log_path: Path | None = None
 
     # Data.
@@ -191,18 +194,21 @@ class RLTask(DPOTask):
         if o.reward_from is not None:
             from seqlab.data.tokenizers import Tokenizer
 
-            tokenizer_file = Path(o.reward_from) / "tokenizer.json"
-            if not tokenizer_file.is_file():
-                raise ConfigError(f"reward.from={o.reward_from} is not a reward-model run "
-                                  f"(no tokenizer.json)")
-            theirs = Tokenizer.load(tokenizer_file)
-            if theirs.get_vocab() != self.tokenizer.get_vocab():
-                raise ConfigError(
-                    f"reward.from={o.reward_from}: the reward run's tokenizer differs from "
-                    f"the policy's ({theirs.vocab_size} vs {self.tokenizer.vocab_size} tokens), so it "
-                    f"would read other text than the policy writes; train the reward model with "
-                    f"model.init_from=SFT_RUN, the run the policy starts from"
-                )
+            if not self.reward_runs():
+                raise ConfigError("reward.from=[] names no reward-model run")
+            for run in self.reward_runs():
+                tokenizer_file = Path(run) / "tokenizer.json"
+                if not tokenizer_file.is_file():
+                    raise ConfigError(f"reward.from={run} is not a reward-model run "
+                                      f"(no tokenizer.json)")
+                theirs = Tokenizer.load(tokenizer_file)
+                if theirs.get_vocab() != self.tokenizer.get_vocab():
+                    raise ConfigError(
+                        f"reward.from={run}: the reward run's tokenizer differs from the "
+                        f"policy's ({theirs.vocab_size} vs {self.tokenizer.vocab_size} tokens), so "
+                        f"it would read other text than the policy writes; train the reward model "
+                        f"with model.init_from=SFT_RUN, the run the policy starts from"
+                    )
         else:
             self._reward_function()
 
@@ -228,14 +234,20 @@ class RLTask(DPOTask):
                 raise ValueError(f"reward.fn={o.reward_fn} returned {len(values)} rewards "
                                  f"for {len(texts)} replies; it should return one number per reply")
             return torch.tensor([float(v) for v in values], device=device)
-        if self.reward_model is None:
+        if self.reward_models is None:
             from seqlab.models import load
 
-            self.reward_model = load(o.reward_from).requires_grad_(False)
-        self.reward_model.to(device)
+            self.reward_models = [load(run).requires_grad_(False) for run in self.reward_runs()]
         ids = pad_rows(sequences, self.tokenizer.pad_id).to(device)
         lengths = torch.tensor([len(s) for s in sequences], device=device)
-        return self.reward_model(ids, lengths=lengths).rewards
+        rewards = torch.stack([model.to(device)(ids, lengths=lengths).rewards
+                               for model in self.reward_models])  # (K, N)
+        return rewards.min(0).values if o.reward_combine == "min" else rewards.mean(0)
+
+    def reward_runs(self) -> list[str]:
+        """The reward-model runs of reward.from (one, or an ensemble)."""
+        runs = self.objective.reward_from
+        return [runs] if isinstance(runs, str) else list(runs or [])
 
     # Rollouts.
     def language_model(self, model):

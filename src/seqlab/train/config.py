@@ -7,7 +7,7 @@ A run config has four sections and two names::
     data:    {...}               # validated by the task's DataConfig
     model:   {...}               # validated by the task's ModelConfig (+ init_from, any task)
     objective: {...}             # validated by the task's ObjectiveConfig (pre-training)
-    reward: {from | fn}          # ppo / grpo: objective.reward_from / reward_fn, by their names
+    reward: {from | fn, combine} # ppo / grpo: objective.reward_from / reward_fn / reward_combine
     trainer: {...}               # TrainerConfig below (same for every task)
     tune: {...}                  # TuneConfig below: which weights train (with model.init_from)
     predict: {...}               # validated by the task's PredictConfig
@@ -198,10 +198,11 @@ class RunConfig(StrictModel):
         if not isinstance(reward, dict):
             raise ValueError(f"reward should be a section (reward.from=RUN or reward.fn=MODULE:"  # noqa: TRY004 (pydantic reports ValueError)
                              f"FUNCTION), got {reward!r}")
-        unknown = sorted(set(reward) - {"from", "fn"})
+        unknown = sorted(set(reward) - {"from", "fn", "combine"})
         if unknown:
             raise ValueError(f"unknown key reward.{unknown[0]}; the reward section takes "
-                             f"reward.from=REWARD_RUN or reward.fn=MODULE:FUNCTION")
+                             f"reward.from=REWARD_RUN (or a list of runs, combined by "
+                             f"reward.combine=mean|min) or reward.fn=MODULE:FUNCTION")
         from seqlab.tasks import get_task, task_names
 
         task = data.get("task")
