@@ -1,4 +1,5 @@
-"""On a GPU: plain layers match torch.nn on cuDNN, variants match their CPU results. Skipped on CPU."""
+"""On a GPU: plain layers match torch.nn on cuDNN, variants (the Triton loop) match their CPU
+results. Skipped on CPU."""
 
 import warnings
 
@@ -58,3 +59,36 @@ def test_variants_on_gpu_match_cpu(make):
     out_gpu.square().sum().backward()
     for (name, p_cpu), p_gpu in zip(cpu.named_parameters(), gpu.parameters()):
         torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, atol=1e-4, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("variant", ["rnn-tanh", "rnn-relu", "lstm", "lstm-peephole", "lstm-coupled",
+                                     "lstm-peephole-coupled", "gru", "gru-reset-before",
+                                     "gru-reset-before-no-bias"])
+def test_every_variant_runs_the_triton_loop_and_equals_the_cpu(variant, dtype):
+    """The Triton loop (seqlab.nn.triton_scan) on CUDA against the CPU's loop: outputs, final
+    states and every gradient, with lengths and both directions."""
+    from tests.nn.test_scan_compiled import H_IN, VARIANTS, H, run
+
+    from seqlab.nn import scan as scan_module
+
+    assert scan_module.triton_available(), scan_module._triton_error
+    torch.manual_seed(0)
+    cpu = VARIANTS[variant](bidirectional=True, num_layers=2).to(dtype)
+    gpu = VARIANTS[variant](bidirectional=True, num_layers=2).to(dtype).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(9, 4, H_IN, dtype=dtype)
+    h0, c0 = torch.randn(4, 4, H, dtype=dtype), torch.randn(4, 4, H, dtype=dtype)
+    called = []
+    original = scan_module._use_triton
+    scan_module._use_triton = lambda *t: called.append(original(*t)) or called[-1]
+    try:
+        on_gpu = run(gpu, x.cuda(), h0.cuda(), c0.cuda(), LENGTHS.cuda())
+    finally:
+        scan_module._use_triton = original
+    assert called and all(called), "the Triton loop was not used on CUDA"
+    on_cpu = run(cpu, x, h0, c0, LENGTHS)
+    tolerance = ({"rtol": 1e-9, "atol": 1e-11} if dtype == torch.float64 else
+                 {"rtol": 1e-4, "atol": 1e-5})
+    for index, (ours, reference) in enumerate(zip(on_gpu, on_cpu)):
+        torch.testing.assert_close(ours.cpu(), reference, **tolerance, msg=f"tensor {index}")

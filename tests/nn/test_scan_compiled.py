@@ -84,7 +84,7 @@ def run(layer, x, h0, c0, lengths, seed=1):
     output, state = layer(x, (h0, c0) if is_lstm else h0, lengths=lengths)
     states = list(state) if is_lstm else [state]
     generator = torch.Generator().manual_seed(seed)
-    loss = sum((t * torch.randn(t.shape, generator=generator, dtype=t.dtype)).sum()
+    loss = sum((t * torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)).sum()
                for t in [output, *states])
     loss.backward()
     grads = [x.grad, h0.grad] + ([c0.grad] if is_lstm else [])

@@ -113,7 +113,7 @@ def test_early_stopping_and_time_budget(tmp_path):
 
 
 def test_a_cosine_under_a_time_budget_decays_over_the_budget(tmp_path, monkeypatch):
-    import seqlab.train.loop as loop
+    from seqlab.train import loop
 
     ticks = iter(range(10**6))  # a clock that moves 0.05 s each time it is read
     monkeypatch.setattr(loop.time, "monotonic", lambda: 0.05 * next(ticks))

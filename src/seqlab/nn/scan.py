@@ -33,6 +33,12 @@ on other devices and dtypes, while :func:`record_scans` records, when the enviro
 ``SEQLAB_COMPILED_SCAN=0``, and when the build fails (that warns once, with the reason).
 :func:`compiled_available` says whether the compiled loop is in use.
 
+The GPU loop. On CUDA float32 / float64 tensors the same steps run through
+:mod:`seqlab.nn.triton_scan`: one Triton kernel per step for all of its gate arithmetic, the
+matrix products on cuBLAS, the same saved tensors. Triton comes with torch's CUDA builds; without
+it, with ``SEQLAB_TRITON_SCAN=0``, or when a kernel fails to compile, the Python loop runs (a
+failure warns once). :func:`triton_available` says whether it is in use.
+
 Tests compare every cell's gradients with autograd through :mod:`seqlab.nn.cells` and run
 ``torch.autograd.gradcheck`` in float64, and compare the compiled loop with the Python one.
 """
@@ -489,7 +495,78 @@ def _compiled_gru_backward(grad_out, grad_h, weight_hh, valid, saved, reset_afte
     return grad_x_proj, grad_h, *_gru_weight_grads(grad_hidden, h_prevs, hidden_n, reset_after)
 
 
-# (forward, backward) of each cell, for the Python loop (False) and the compiled one (True)
+# The GPU loop: seqlab.nn.triton_scan, each step's gate arithmetic in one Triton kernel.
+
+TRITON_SWITCH = "SEQLAB_TRITON_SCAN"
+_triton = None  # the seqlab.nn.triton_scan module once imported
+_triton_error: str | None = None  # why the Triton loop cannot run; the Python loop runs then
+_triton_on_cpu = False  # tests: run the Triton loop on CPU tensors (under TRITON_INTERPRET=1)
+
+
+def _triton_failed(error: Exception) -> None:
+    global _triton_error
+    _triton_error = _short_reason(error)
+    warnings.warn(f"seqlab: the GPU time loop (Triton) cannot run ({_triton_error}); recurrent "
+                  f"variants run the Python loop on the GPU. Set {TRITON_SWITCH}=0 to skip it.",
+                  RuntimeWarning, stacklevel=3)
+
+
+def triton_available() -> bool:
+    """Whether :func:`scan` runs CUDA float32 / float64 tensors through the Triton loop.
+
+    False when ``SEQLAB_TRITON_SCAN=0`` is set, when Triton cannot be imported (a CPU build of
+    torch ships without it) or after a kernel failed to compile (that warned once, with why).
+    """
+    global _triton
+    if os.environ.get(TRITON_SWITCH, "1") == "0" or _triton_error is not None:
+        return False
+    if _triton is None:
+        try:
+            from seqlab.nn import triton_scan
+        except Exception as error:  # noqa: BLE001 (no Triton, or a broken one: the Python loop)
+            _triton_failed(error)
+            return False
+        _triton = triton_scan
+    return True
+
+
+def _use_triton(*tensors: Tensor | None) -> bool:
+    """The Triton loop takes CUDA float32 / float64 runs without a recorder (and CPU tensors when
+    a test asks for it)."""
+    first = tensors[0]
+    if _RECORDERS or first.dtype not in (torch.float32, torch.float64) or _is_compiling():
+        return False
+    device = "cpu" if _triton_on_cpu else "cuda"
+    if not all(t is None or (t.device.type == device and t.dtype == first.dtype) for t in tensors):
+        return False
+    return triton_available()
+
+
+def _triton_loop(cell: str, direction: int):
+    """The Triton loop's forward (0) or backward (1) of `cell`; a failure to compile or launch
+    warns once and runs the Python loop, which saves and takes the same tensors."""
+    name = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}[cell]
+    fallback = _LOOPS[False][cell][direction]
+
+    def run(*args, **kwargs):
+        if _triton_error is None:
+            try:
+                return getattr(_triton, f"{name}_{('forward', 'backward')[direction]}")(*args,
+                                                                                        **kwargs)
+            except Exception as error:  # noqa: BLE001 (a kernel that cannot run: the Python loop)
+                _triton_failed(error)
+        kwargs.pop("keep", None)
+        result = fallback(*args, **kwargs)
+        valid = args[-2]  # every forward takes (..., valid, option)
+        if direction == 0 and valid is not None:  # the Triton loop's outputs are already masked
+            result = (result[0] * valid, *result[1:])
+        return result
+
+    return run
+
+
+# (forward, backward) of each cell, for the Python loop (False), the compiled one (True) and
+# the Triton one ("triton")
 _LOOPS = {
     False: {"RNN": (_rnn_forward, _rnn_backward), "LSTM": (_lstm_forward, _lstm_backward),
             "GRU": (_gru_forward, _gru_backward)},
@@ -497,6 +574,7 @@ _LOOPS = {
            "LSTM": (_compiled_lstm_forward, _compiled_lstm_backward),
            "GRU": (_compiled_gru_forward, _compiled_gru_backward)},
 }
+_LOOPS["triton"] = {cell: (_triton_loop(cell, 0), _triton_loop(cell, 1)) for cell in _LOOPS[False]}
 
 
 class _Scan(torch.autograd.Function):
@@ -506,7 +584,8 @@ class _Scan(torch.autograd.Function):
     def forward(ctx, x_proj, h0, c0, weight_hh, bias_hh, weight_ch, valid, cell, option, tag,
                 keep):
         ctx.cell, ctx.option = cell, option
-        ctx.compiled = _use_compiled(x_proj, h0, c0, weight_hh, bias_hh, weight_ch)
+        tensors = (x_proj, h0, c0, weight_hh, bias_hh, weight_ch)
+        ctx.compiled = "triton" if _use_triton(*tensors) else _use_compiled(*tensors)
         run, _ = _LOOPS[ctx.compiled][cell]
         # without a backward pass to come, the compiled loop keeps two steps' buffers, not all
         keep = {"keep": keep} if ctx.compiled else {}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The recurrent variants' GPU path checked and measured in one go, on a CUDA machine:
+#   1. tests/nn/test_cuda.py: cuDNN parity of the plain layers, and every variant through the
+#      Triton loop (seqlab.nn.triton_scan) against its CPU result, gradients and lengths included;
+#   2. benchmarks/recurrent.py --device cuda with the Python loop (SEQLAB_TRITON_SCAN=0: before)
+#      and with the Triton loop (after), as markdown tables for benchmarks/RESULTS.md.
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]        (default: $OUT, else runs/gpu-check)
+#
+# It reads seqlab from src/ (no install step); torch with CUDA, Triton, pydantic, PyYAML and
+# safetensors must be importable.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-runs/gpu-check}}"
+mkdir -p "$out"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+python3 -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__,
+'|', torch.cuda.get_device_name())" 2>&1 | tee "$out/device.txt"
+python3 -m pytest -q -p no:cacheprovider tests/nn/test_cuda.py 2>&1 | tee "$out/test_cuda.log"
+SEQLAB_TRITON_SCAN=0 python3 benchmarks/recurrent.py --device cuda --repeats 5 --warmup 2 \
+    --output "$out/before.md" 2>&1 | tee "$out/before.log"
+python3 benchmarks/recurrent.py --device cuda --repeats 5 --warmup 2 --output "$out/after.md" \
+    2>&1 | tee "$out/after.log"
