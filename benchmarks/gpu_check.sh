@@ -2,8 +2,9 @@
 # The recurrent variants' GPU path checked and measured in one go, on a CUDA machine:
 #   1. tests/nn/test_cuda.py: cuDNN parity of the plain layers, and every variant through the
 #      Triton loop (seqlab.nn.triton_scan) against its CPU result, gradients and lengths included;
-#   2. benchmarks/recurrent.py --device cuda with the Python loop (SEQLAB_TRITON_SCAN=0: before)
-#      and with the Triton loop (after), as markdown tables for benchmarks/RESULTS.md.
+#   2. benchmarks/recurrent.py --device cuda with the Python loop (SEQLAB_TRITON_SCAN=0: before),
+#      with the Triton loop (after), and with the Triton loop replayed as CUDA graphs
+#      (SEQLAB_CUDA_GRAPHS=1), as markdown tables for benchmarks/RESULTS.md.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        (default: $OUT, else runs/gpu-check)
 #
@@ -21,3 +22,5 @@ SEQLAB_TRITON_SCAN=0 python3 benchmarks/recurrent.py --device cuda --repeats 5 -
     --output "$out/before.md" 2>&1 | tee "$out/before.log"
 python3 benchmarks/recurrent.py --device cuda --repeats 5 --warmup 2 --output "$out/after.md" \
     2>&1 | tee "$out/after.log"
+SEQLAB_CUDA_GRAPHS=1 python3 benchmarks/recurrent.py --device cuda --repeats 5 --warmup 2 \
+    --output "$out/graphs.md" 2>&1 | tee "$out/graphs.log"

@@ -92,3 +92,24 @@ def test_every_variant_runs_the_triton_loop_and_equals_the_cpu(variant, dtype):
                  {"rtol": 1e-4, "atol": 1e-5})
     for index, (ours, reference) in enumerate(zip(on_gpu, on_cpu)):
         torch.testing.assert_close(ours.cpu(), reference, **tolerance, msg=f"tensor {index}")
+
+
+@pytest.mark.parametrize("variant", ["lstm-peephole", "gru-reset-before", "rnn-relu"])
+def test_the_triton_loop_replayed_as_cuda_graphs_equals_it(variant, monkeypatch):
+    """SEQLAB_CUDA_GRAPHS=1: the first call captures, later calls with new inputs replay."""
+    from tests.nn.test_scan_compiled import H_IN, VARIANTS, H, run
+
+    from seqlab.nn import scan as scan_module
+
+    torch.manual_seed(0)
+    layer = VARIANTS[variant](bidirectional=True).cuda()
+    for attempt in range(3):
+        x = torch.randn(9, 4, H_IN, device="cuda")
+        h0, c0 = torch.randn(2, 4, H, device="cuda"), torch.randn(2, 4, H, device="cuda")
+        monkeypatch.setenv(scan_module.GRAPHS_SWITCH, "1")
+        graphed = run(layer, x, h0, c0, LENGTHS.cuda(), seed=attempt)
+        monkeypatch.setenv(scan_module.GRAPHS_SWITCH, "0")
+        eager = run(layer, x, h0, c0, LENGTHS.cuda(), seed=attempt)
+        for index, (ours, reference) in enumerate(zip(graphed, eager)):
+            torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6,
+                                       msg=f"call {attempt}, tensor {index}")

@@ -37,7 +37,8 @@ The GPU loop. On CUDA float32 / float64 tensors the same steps run through
 :mod:`seqlab.nn.triton_scan`: one Triton kernel per step for all of its gate arithmetic, the
 matrix products on cuBLAS, the same saved tensors. Triton comes with torch's CUDA builds; without
 it, with ``SEQLAB_TRITON_SCAN=0``, or when a kernel fails to compile, the Python loop runs (a
-failure warns once). :func:`triton_available` says whether it is in use.
+failure warns once). :func:`triton_available` says whether it is in use. ``SEQLAB_CUDA_GRAPHS=1``
+replays each loop as a CUDA graph captured once per shape (no launch from Python per step).
 
 Tests compare every cell's gradients with autograd through :mod:`seqlab.nn.cells` and run
 ``torch.autograd.gradcheck`` in float64, and compare the compiled loop with the Python one.
@@ -498,6 +499,7 @@ def _compiled_gru_backward(grad_out, grad_h, weight_hh, valid, saved, reset_afte
 # The GPU loop: seqlab.nn.triton_scan, each step's gate arithmetic in one Triton kernel.
 
 TRITON_SWITCH = "SEQLAB_TRITON_SCAN"
+GRAPHS_SWITCH = "SEQLAB_CUDA_GRAPHS"  # "1": the Triton loop replayed as CUDA graphs
 _triton = None  # the seqlab.nn.triton_scan module once imported
 _triton_error: str | None = None  # why the Triton loop cannot run; the Python loop runs then
 _triton_on_cpu = False  # tests: run the Triton loop on CPU tensors (under TRITON_INTERPRET=1)
@@ -551,8 +553,10 @@ def _triton_loop(cell: str, direction: int):
     def run(*args, **kwargs):
         if _triton_error is None:
             try:
-                return getattr(_triton, f"{name}_{('forward', 'backward')[direction]}")(*args,
-                                                                                        **kwargs)
+                loop = getattr(_triton, f"{name}_{('forward', 'backward')[direction]}")
+                if args[0].is_cuda and os.environ.get(GRAPHS_SWITCH) == "1":
+                    return _triton.graphed(loop, *args, **kwargs)
+                return loop(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 (a kernel that cannot run: the Python loop)
                 _triton_failed(error)
         kwargs.pop("keep", None)

@@ -19,6 +19,11 @@ t + 1, so nothing is stacked after the loop. What the functions return and save 
 the Python loop's counterparts return and save (``_lstm_forward`` and the rest), so the weight,
 bias and peephole gradients after the loop are the Python loop's own.
 
+Launching two kernels per step from Python still costs some microseconds each. With
+``SEQLAB_CUDA_GRAPHS=1`` each loop is instead captured once per shape as a CUDA graph and
+replayed (:func:`graphed`; the inputs are copied into the graph's own tensors and the results
+copied out, and the last eight shapes are kept), so a step costs only the kernels' own time.
+
 On CPU tensors the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), which is how
 the tests compare them with the Python loop on a machine without a GPU. Triton is imported only
 when the path is used; without it (or when a kernel fails to compile) ``scan`` warns once and runs
@@ -27,13 +32,15 @@ the Python loop.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["gru_backward", "gru_forward", "lstm_backward", "lstm_forward", "rnn_backward",
-           "rnn_forward"]
+__all__ = ["graphed", "gru_backward", "gru_forward", "lstm_backward", "lstm_forward",
+           "rnn_backward", "rnn_forward"]
 
 BLOCK = 256  # elements of (N, H) per program
 
@@ -492,3 +499,68 @@ def gru_backward(grad_out, grad_h, weight_hh, valid, saved, reset_after, norms=N
             torch.addmm(direct, grad_hidden[t][:, : 2 * hidden], w_rz, out=rec)
     return (grad_x_proj, _last_carry(rec, carried, valid),
             *_gru_weight_grads(grad_hidden, h_prevs, hidden_n, reset_after))
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA graphs: one capture per function and shape, replayed.
+
+GRAPH_CACHE = 8  # captured loops kept (each holds its buffers on the GPU)
+_graphs: OrderedDict = OrderedDict()
+
+
+def _signature(value):
+    if isinstance(value, Tensor):
+        return ("tensor", tuple(value.shape), tuple(value.stride()), value.dtype, value.device)
+    if isinstance(value, (tuple, list)):
+        return tuple(_signature(v) for v in value)
+    return value
+
+
+def _copy_in(static, value) -> None:
+    if isinstance(value, Tensor):
+        static.copy_(value)
+    elif isinstance(value, (tuple, list)):
+        for s, v in zip(static, value):
+            _copy_in(s, v)
+
+
+def _copy_out(value):
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copy_out(v) for v in value)
+    return value
+
+
+def _static(value):
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_static(v) for v in value)
+    return value
+
+
+def graphed(function, *args, **kwargs):
+    """`function(*args, **kwargs)` (a loop above, on CUDA tensors) as the replay of a CUDA graph
+    captured the first time these shapes, strides and settings came."""
+    key = (function.__name__, _signature(args), tuple(sorted(kwargs.items())))
+    entry = _graphs.get(key)
+    if entry is None:
+        static = _static(args)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # compiles the kernels and warms cuBLAS before capture
+            function(*static, **kwargs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            result = function(*static, **kwargs)
+        entry = _graphs[key] = (graph, static, result)
+        while len(_graphs) > GRAPH_CACHE:
+            _graphs.popitem(last=False)
+    else:
+        _graphs.move_to_end(key)
+    graph, static, result = entry
+    _copy_in(static, args)
+    graph.replay()
+    return _copy_out(result)
