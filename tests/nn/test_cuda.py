@@ -87,6 +87,7 @@ def test_every_variant_runs_the_triton_loop_and_equals_the_cpu(variant, dtype):
     finally:
         scan_module._use_triton = original
     assert called and all(called), "the Triton loop was not used on CUDA"
+    assert scan_module._triton_error is None, scan_module._triton_error  # no fallback either
     on_cpu = run(cpu, x, h0, c0, LENGTHS)
     tolerance = ({"rtol": 1e-9, "atol": 1e-11} if dtype == torch.float64 else
                  {"rtol": 1e-4, "atol": 1e-5})
