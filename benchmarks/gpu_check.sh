@@ -4,7 +4,8 @@
 #      Triton loop (seqlab.nn.triton_scan) against its CPU result, gradients and lengths included;
 #   2. benchmarks/recurrent.py --device cuda with the Python loop (SEQLAB_TRITON_SCAN=0: before),
 #      with the Triton loop (after), and with the Triton loop replayed as CUDA graphs
-#      (SEQLAB_CUDA_GRAPHS=1), as markdown tables for benchmarks/RESULTS.md.
+#      (SEQLAB_CUDA_GRAPHS=1), as markdown tables for benchmarks/RESULTS.md;
+#   3. benchmarks/minimal.py --device cuda: MinGRU / MinLSTM's parallel scan against cuDNN.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        (default: $OUT, else runs/gpu-check)
 #
@@ -24,3 +25,4 @@ python3 benchmarks/recurrent.py --device cuda --repeats 5 --warmup 2 --output "$
     2>&1 | tee "$out/after.log"
 SEQLAB_CUDA_GRAPHS=1 python3 benchmarks/recurrent.py --device cuda --repeats 5 --warmup 2 \
     --output "$out/graphs.md" 2>&1 | tee "$out/graphs.log"
+python3 benchmarks/minimal.py --device cuda 2>&1 | tee "$out/minimal.log"

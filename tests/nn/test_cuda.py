@@ -114,3 +114,22 @@ def test_the_triton_loop_replayed_as_cuda_graphs_equals_it(variant, monkeypatch)
         for index, (ours, reference) in enumerate(zip(graphed, eager)):
             torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6,
                                        msg=f"call {attempt}, tensor {index}")
+
+
+@pytest.mark.parametrize("layer_class", ["MinGRU", "MinLSTM"])
+def test_minimal_layers_parallel_scan_on_gpu_match_cpu(layer_class):
+    """MinGRU / MinLSTM's parallel scan (torch's cumsum and logaddexp, on the GPU as they are)."""
+    import seqlab.nn as snn
+
+    torch.manual_seed(0)
+    cpu = getattr(snn, layer_class)(6, 8, num_layers=2).double()
+    gpu = getattr(snn, layer_class)(6, 8, num_layers=2).double().cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(300, 4, 6, dtype=torch.float64)
+    out_cpu, _ = cpu(x)
+    out_gpu, _ = gpu(x.cuda())
+    torch.testing.assert_close(out_gpu.cpu(), out_cpu, rtol=1e-9, atol=1e-11)
+    out_cpu.square().sum().backward()
+    out_gpu.square().sum().backward()
+    for (name, p_cpu), p_gpu in zip(cpu.named_parameters(), gpu.parameters()):
+        torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=1e-8, atol=1e-10, msg=name)
