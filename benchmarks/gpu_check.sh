@@ -8,6 +8,8 @@
 #   3. benchmarks/minimal.py --device cuda: MinGRU / MinLSTM's parallel scan against cuDNN.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]        (default: $OUT, else runs/gpu-check)
+#   PARTS="tests after graphs" bash benchmarks/gpu_check.sh    (some of: tests before after
+#                                                               graphs minimal; default all)
 #
 # It reads seqlab from src/ (no install step); torch with CUDA, Triton, pydantic, PyYAML and
 # safetensors must be importable.
@@ -18,11 +20,12 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__,
 '|', torch.cuda.get_device_name())" 2>&1 | tee "$out/device.txt"
-python3 -m pytest -q -p no:cacheprovider tests/nn/test_cuda.py 2>&1 | tee "$out/test_cuda.log"
-SEQLAB_TRITON_SCAN=0 python3 benchmarks/recurrent.py --device cuda --repeats 5 --warmup 2 \
-    --output "$out/before.md" 2>&1 | tee "$out/before.log"
-python3 benchmarks/recurrent.py --device cuda --repeats 5 --warmup 2 --output "$out/after.md" \
-    2>&1 | tee "$out/after.log"
-SEQLAB_CUDA_GRAPHS=1 python3 benchmarks/recurrent.py --device cuda --repeats 5 --warmup 2 \
-    --output "$out/graphs.md" 2>&1 | tee "$out/graphs.log"
-python3 benchmarks/minimal.py --device cuda 2>&1 | tee "$out/minimal.log"
+parts=" ${PARTS:-tests before after graphs minimal} "
+bench() { python3 benchmarks/recurrent.py --device cuda --repeats 5 --warmup 2 --output "$out/$1.md" \
+    2>&1 | tee "$out/$1.log"; }
+[[ $parts == *" tests "* ]] && python3 -m pytest -q -p no:cacheprovider tests/nn/test_cuda.py 2>&1 | tee "$out/test_cuda.log"
+[[ $parts == *" before "* ]] && SEQLAB_TRITON_SCAN=0 bench before
+[[ $parts == *" after "* ]] && bench after
+[[ $parts == *" graphs "* ]] && SEQLAB_CUDA_GRAPHS=1 bench graphs
+[[ $parts == *" minimal "* ]] && python3 benchmarks/minimal.py --device cuda 2>&1 | tee "$out/minimal.log"
+exit 0
