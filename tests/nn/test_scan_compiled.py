@@ -110,6 +110,14 @@ def both_paths(monkeypatch, counting, layer, *args):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_compiled_equals_python_loop(variant, bidirectional, with_lengths, dtype, monkeypatch,
                                      counting):
+    assert_loop_equals_python(lambda *args: both_paths(monkeypatch, counting, *args), variant,
+                              bidirectional, with_lengths, dtype)
+
+
+def assert_loop_equals_python(two_loops, variant, bidirectional, with_lengths, dtype):
+    """`two_loops(layer, x, h0, c0, lengths)` runs a two-layer VARIANTS[variant] through another
+    loop and through the Python loop (`run`'s lists each); every tensor must agree, and the
+    other loop's outputs past each length must be exactly zero."""
     torch.manual_seed(0)
     layer = VARIANTS[variant](bidirectional=bidirectional, num_layers=2).to(dtype)
     directions = 2 if bidirectional else 1
@@ -117,14 +125,14 @@ def test_compiled_equals_python_loop(variant, bidirectional, with_lengths, dtype
     h0 = torch.randn(2 * directions, N, H, dtype=dtype)
     c0 = torch.randn(2 * directions, N, H, dtype=dtype)
     lengths = LENGTHS if with_lengths else None
-    compiled, python = both_paths(monkeypatch, counting, layer, x, h0, c0, lengths)
-    assert len(compiled) == len(python)
-    for index, (ours, reference) in enumerate(zip(compiled, python)):
+    ours_all, python = two_loops(layer, x, h0, c0, lengths)
+    assert len(ours_all) == len(python)
+    for index, (ours, reference) in enumerate(zip(ours_all, python)):
         assert ours is not None and reference is not None, index
         torch.testing.assert_close(ours, reference, **TOLERANCES[dtype], msg=f"tensor {index}")
-    if with_lengths:  # outputs past each length are exactly zero
+    if with_lengths:
         for n, length in enumerate(LENGTHS.tolist()):
-            assert compiled[0][length:, n].abs().sum() == 0
+            assert ours_all[0][length:, n].abs().sum() == 0
 
 
 @pytest.mark.parametrize("variant", ["lstm-peephole", "gru-reset-before", "rnn-relu"])

@@ -11,15 +11,19 @@ import warnings
 
 import pytest
 import torch
-from tests.nn.test_scan_compiled import H_IN, LENGTHS, VARIANTS, H, L, N, run
+from tests.nn.test_scan_compiled import (
+    H_IN,
+    LENGTHS,
+    VARIANTS,
+    L,
+    N,
+    assert_loop_equals_python,
+    run,
+)
 
 from seqlab.nn import scan as scan_module
 
 pytest.importorskip("triton")
-
-TOLERANCES = {torch.float64: {"rtol": 1e-10, "atol": 1e-12},
-              torch.float32: {"rtol": 1e-5, "atol": 1e-5}}
-
 
 class Counting:
     """Stands in for seqlab.nn.triton_scan and notes which loops were called."""
@@ -83,20 +87,8 @@ CASES = [(torch.float64, False, False), (torch.float64, False, True), (torch.flo
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_triton_equals_python_loop(variant, bidirectional, with_lengths, dtype, monkeypatch,
                                    counting):
-    torch.manual_seed(0)
-    layer = VARIANTS[variant](bidirectional=bidirectional, num_layers=2).to(dtype)
-    directions = 2 if bidirectional else 1
-    x = torch.randn(L, N, H_IN, dtype=dtype)
-    h0 = torch.randn(2 * directions, N, H, dtype=dtype)
-    c0 = torch.randn(2 * directions, N, H, dtype=dtype)
-    lengths = LENGTHS if with_lengths else None
-    triton, python = both_loops(monkeypatch, counting, layer, x, h0, c0, lengths)
-    assert len(triton) == len(python)
-    for index, (ours, reference) in enumerate(zip(triton, python)):
-        torch.testing.assert_close(ours, reference, **TOLERANCES[dtype], msg=f"tensor {index}")
-    if with_lengths:  # outputs past each length are exactly zero
-        for n, length in enumerate(LENGTHS.tolist()):
-            assert triton[0][length:, n].abs().sum() == 0
+    assert_loop_equals_python(lambda *args: both_loops(monkeypatch, counting, *args), variant,
+                              bidirectional, with_lengths, dtype)
 
 
 @pytest.mark.parametrize("variant", ["lstm-peephole-coupled", "gru-reset-before", "rnn-relu"])

@@ -50,6 +50,13 @@ def _grid(batch: int, hidden: int) -> tuple[int]:
 
 
 @triton.jit
+def _elements(total, HIDDEN: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's elements of an (N, H) state: flat offsets, in range, row n, unit j."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < total, offs // HIDDEN, offs % HIDDEN
+
+
+@triton.jit
 def _sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
 
@@ -82,15 +89,14 @@ def _carry_in(rec_ptr, grad_h_ptr, valid_next_ptr, n, offs, inside, MASKED: tl.c
 @triton.jit
 def _rnn_step(pre_ptr, h_prev_ptr, h_next_ptr, valid_ptr, total, RELU: tl.constexpr,
               MASKED: tl.constexpr, HIDDEN: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < total
+    offs, inside, n, _ = _elements(total, HIDDEN, BLOCK)
     pre = tl.load(pre_ptr + offs, mask=inside, other=0.0)
     if RELU:
         new = tl.maximum(pre, 0.0)
     else:
         new = _tanh(pre)
     if MASKED:
-        keep = tl.load(valid_ptr + offs // HIDDEN, mask=inside, other=1.0) > 0.5
+        keep = tl.load(valid_ptr + n, mask=inside, other=1.0) > 0.5
         old = tl.load(h_prev_ptr + offs, mask=inside, other=0.0)
         tl.store(h_next_ptr + offs, tl.where(keep, new, old), mask=inside)
         new = tl.where(keep, new, 0.0)
@@ -103,9 +109,7 @@ def _rnn_step(pre_ptr, h_prev_ptr, h_next_ptr, valid_ptr, total, RELU: tl.conste
 def _rnn_step_back(grad_out_ptr, rec_ptr, grad_h_ptr, valid_ptr, valid_next_ptr, out_ptr,
                    grad_pre_ptr, total, RELU: tl.constexpr, MASKED: tl.constexpr,
                    HIDDEN: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < total
-    n = offs // HIDDEN
+    offs, inside, n, _ = _elements(total, HIDDEN, BLOCK)
     grad = tl.load(grad_out_ptr + offs, mask=inside, other=0.0)
     grad += _carry_in(rec_ptr, grad_h_ptr, valid_next_ptr, n, offs, inside, MASKED)
     if MASKED:
@@ -179,10 +183,7 @@ def _lstm_step(acts_ptr, c_prev_ptr, h_prev_ptr, c_new_ptr, tanh_c_ptr, out_ptr,
                c_next_ptr, peep_ptr, valid_ptr, total, COUPLED: tl.constexpr, PEEP: tl.constexpr,
                MASKED: tl.constexpr, HIDDEN: tl.constexpr, GATES: tl.constexpr,
                BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < total
-    n = offs // HIDDEN
-    j = offs % HIDDEN
+    offs, inside, n, j = _elements(total, HIDDEN, BLOCK)
     gates = GATES  # 3 when coupled, else 4
     row = acts_ptr + n * (gates * HIDDEN) + j
     c = tl.load(c_prev_ptr + offs, mask=inside, other=0.0)
@@ -237,10 +238,7 @@ def _lstm_step_back(grad_out_ptr, rec_ptr, grad_h_ptr, grad_c_ptr, acts_ptr, c_p
                     tanh_c_ptr, grad_gates_ptr, peep_ptr, valid_ptr, valid_next_ptr, total,
                     COUPLED: tl.constexpr, PEEP: tl.constexpr, MASKED: tl.constexpr,
                     HIDDEN: tl.constexpr, GATES: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < total
-    n = offs // HIDDEN
-    j = offs % HIDDEN
+    offs, inside, n, j = _elements(total, HIDDEN, BLOCK)
     gates = GATES  # 3 when coupled, else 4
     row = acts_ptr + n * (gates * HIDDEN) + j
     grad_row = grad_gates_ptr + n * (gates * HIDDEN) + j
@@ -347,10 +345,7 @@ def _gru_gates(x_ptr, hid_ptr, h_prev_ptr, acts_ptr, hidden_n_ptr, h_next_ptr, o
     """STAGE 0: the whole step, reset after (hid = W_hh h + b_hh, (N, 3H)). STAGE 1: reset
     before, r and z (hid = W_hrz h + b_rz, (N, 2H)), and r ⊙ h into hidden_n. STAGE 2: reset
     before, n and the new state (hid = W_hn (r ⊙ h) + b_hn, (N, H))."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < total
-    n_row = offs // HIDDEN
-    j = offs % HIDDEN
+    offs, inside, n_row, j = _elements(total, HIDDEN, BLOCK)
     x_row = x_ptr + n_row * (3 * HIDDEN) + j
     act_row = acts_ptr + n_row * (3 * HIDDEN) + j
     h = tl.load(h_prev_ptr + offs, mask=inside, other=0.0)
@@ -392,10 +387,7 @@ def _gru_back(grad_out_ptr, rec_ptr, grad_h_ptr, acts_ptr, h_prev_ptr, hidden_n_
     dhidden · W_hh is then added. STAGE 1: reset before, n and z, keeping the masked gradient of
     h' in direct_ptr. STAGE 2: reset before, r from the gradient of r ⊙ h (grad_reset_ptr);
     direct_ptr becomes ∂h'/∂h through z and r ⊙ h."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < total
-    n_row = offs // HIDDEN
-    j = offs % HIDDEN
+    offs, inside, n_row, j = _elements(total, HIDDEN, BLOCK)
     act_row = acts_ptr + n_row * (3 * HIDDEN) + j
     x_row = grad_x_ptr + n_row * (3 * HIDDEN) + j
     hid_row = grad_hid_ptr + n_row * (3 * HIDDEN) + j
