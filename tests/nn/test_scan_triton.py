@@ -132,3 +132,19 @@ def test_a_failing_kernel_warns_once_and_runs_the_python_loop(counting, monkeypa
     expected, _ = layer(x, lengths=LENGTHS)
     torch.testing.assert_close(output, expected, rtol=0, atol=0)
     torch.testing.assert_close(again, expected, rtol=0, atol=0)
+
+
+def test_without_triton_the_gpu_loop_warns_once_and_is_not_used(monkeypatch):
+    monkeypatch.setattr(scan_module, "_triton", None)
+    monkeypatch.setattr(scan_module, "_triton_error", None)
+    monkeypatch.setitem(sys.modules, "seqlab.nn.triton_scan", None)  # import fails, as without it
+    monkeypatch.delattr(importlib.import_module("seqlab.nn"), "triton_scan", raising=False)
+    monkeypatch.setenv(scan_module.TRITON_SWITCH, "1")
+    with pytest.warns(RuntimeWarning, match="GPU time loop .* cannot run"):
+        assert not scan_module.triton_available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not scan_module.triton_available()  # decided once
+    monkeypatch.setattr(scan_module, "_triton_error", None)
+    monkeypatch.setenv(scan_module.TRITON_SWITCH, "0")
+    assert not scan_module.triton_available()  # the switch: no import tried, no warning
