@@ -134,27 +134,35 @@ class LanguageModel(nn.Module):
         so a step costs one recurrent step, not a pass over the whole prefix. Tokens are chosen by
         :func:`seqlab.decode.sampling.sample_next_token` (``temperature=0`` is greedy). Runs in eval
         mode (no dropout) and restores the previous mode. Returns (N, P + max_new_tokens), prompt
-        included.
+        included. :meth:`stream` yields the same tokens one by one.
         """
         # decode sits above models in the dependency order; sampling is plain tensor math, and
         # importing it here keeps `import seqlab.models` free of any decode import cycle.
+        from seqlab.decode.sampling import prompt_batch
+
+        prompt_ids = prompt_batch(prompt_ids, max_new_tokens, self.head.weight.device)  # (N, P)
+        new = self.stream(prompt_ids, max_new_tokens, temperature, top_k, top_p, generator)
+        return torch.cat([prompt_ids, *(token[:, None] for token in new)], dim=1)
+
+    @torch.no_grad()
+    def stream(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None,
+               generator: torch.Generator | None = None):
+        """Yield each new token (N,) of :meth:`generate` as soon as it is drawn."""
         from seqlab.decode.sampling import prompt_batch, sample_next_token
 
         prompt_ids = prompt_batch(prompt_ids, max_new_tokens, self.head.weight.device)  # (N, P)
-
         was_training = self.training
         self.eval()
         try:
             out = self(prompt_ids)
-            tokens = [prompt_ids]
             for step in range(max_new_tokens):
                 next_token = sample_next_token(
                     out.logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p,
                     generator=generator,
                 )  # (N,)
-                tokens.append(next_token.unsqueeze(1))  # (N, 1)
+                yield next_token
                 if step + 1 < max_new_tokens:
                     out = self(next_token.unsqueeze(1), out.state)
         finally:
             self.train(was_training)
-        return torch.cat(tokens, dim=1)  # (N, P + max_new_tokens)

@@ -563,11 +563,23 @@ class TransformerLM(nn.Module):
         cache cannot slide: learned and sinusoidal positions would shift). Tokens are chosen
         by :func:`seqlab.decode.sampling.sample_next_token` (``temperature=0`` is greedy). Runs
         in eval mode and restores the previous mode. Returns (N, P + max_new_tokens).
+        :meth:`stream` yields the same tokens one by one.
         """
+        from seqlab.decode.sampling import prompt_batch
+
+        prompt_ids = prompt_batch(prompt_ids, max_new_tokens, self.head.weight.device)  # (N, P)
+        new = self.stream(prompt_ids, max_new_tokens, temperature, top_k, top_p, generator,
+                          use_cache=use_cache)
+        return torch.cat([prompt_ids, *(token[:, None] for token in new)], dim=1)
+
+    @torch.no_grad()
+    def stream(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None,
+               generator: torch.Generator | None = None, use_cache: bool = True):
+        """Yield each new token (N,) of :meth:`generate` as soon as it is drawn."""
         from seqlab.decode.sampling import prompt_batch, sample_next_token
 
         prompt_ids = prompt_batch(prompt_ids, max_new_tokens, self.head.weight.device)  # (N, P)
-
         was_training = self.training
         self.eval()
         try:
@@ -580,6 +592,7 @@ class TransformerLM(nn.Module):
                     logits, temperature=temperature, top_k=top_k, top_p=top_p,
                     generator=generator,
                 )  # (N,)
+                yield next_token
                 tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (N, t + 1)
                 if step + 1 == max_new_tokens:
                     break
@@ -591,7 +604,6 @@ class TransformerLM(nn.Module):
                     logits = self(tokens[:, -window:]).logits[:, -1]  # (N, V)
         finally:
             self.train(was_training)
-        return tokens
 
 
 @dataclass

@@ -170,45 +170,9 @@ class ServedModel:
 def stream_tokens(model, prompt_ids: torch.Tensor, max_new_tokens: int, temperature: float,
                   top_k: int | None, top_p: float | None,
                   generator: torch.Generator | None) -> Iterator[torch.Tensor]:
-    """Yield each new token (N,) of `model.generate(...)` as it is drawn, the same draws.
-
-    Works for a seqlab LanguageModel (carried state), a TransformerLM (key/value cache, then
-    the sliding window) and an exported model (its own `stream`).
-    """
-    from seqlab.decode.sampling import prompt_batch, sample_next_token
-    from seqlab.models import TransformerLM
-
-    if hasattr(model, "stream"):
-        yield from model.stream(prompt_ids, max_new_tokens, temperature, top_k, top_p, generator)
-        return
-    model.eval()
-    device = next(model.parameters()).device
-    prompt_ids = prompt_batch(prompt_ids, max_new_tokens, device)
-    if not isinstance(model, TransformerLM):
-        out = model(prompt_ids)
-        for step in range(max_new_tokens):
-            token = sample_next_token(out.logits[:, -1], temperature=temperature, top_k=top_k,
-                                      top_p=top_p, generator=generator)
-            yield token
-            if step + 1 < max_new_tokens:
-                out = model(token.unsqueeze(1), out.state)
-        return
-    limit = model.context_length  # the cache holds a soft prompt's positions too
-    tokens, cache = prompt_ids, model.new_cache()
-    logits = model(prompt_ids[:, -limit:], state=cache).logits[:, -1]
-    for step in range(max_new_tokens):
-        token = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                                  generator=generator)
-        yield token
-        tokens = torch.cat([tokens, token[:, None]], dim=1)
-        if step + 1 == max_new_tokens:
-            break
-        if cache is not None and cache.length == model.max_length:
-            cache = None
-        if cache is not None:
-            logits = model(token[:, None], state=cache).logits[:, -1]
-        else:
-            logits = model(tokens[:, -limit:]).logits[:, -1]
+    """Yield each new token (N,) of `model.generate(...)` as it is drawn, the same draws: the
+    model's own `stream` (a seqlab LanguageModel or TransformerLM, or an exported model)."""
+    yield from model.stream(prompt_ids, max_new_tokens, temperature, top_k, top_p, generator)
 
 
 def load_model(spec: str, threads: int | None = None) -> ServedModel:
