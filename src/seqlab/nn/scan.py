@@ -559,7 +559,6 @@ def _triton_loop(cell: str, direction: int):
                 return loop(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 (a kernel that cannot run: the Python loop)
                 _triton_failed(error)
-        kwargs.pop("keep", None)
         result = fallback(*args, **kwargs)
         valid = args[-2]  # every forward takes (..., valid, option)
         if direction == 0 and valid is not None:  # the Triton loop's outputs are already masked
@@ -592,7 +591,7 @@ class _Scan(torch.autograd.Function):
         ctx.compiled = "triton" if _use_triton(*tensors) else _use_compiled(*tensors)
         run, _ = _LOOPS[ctx.compiled][cell]
         # without a backward pass to come, the compiled loop keeps two steps' buffers, not all
-        keep = {"keep": keep} if ctx.compiled else {}
+        keep = {"keep": keep} if ctx.compiled is True else {}
         if cell == "LSTM":
             outputs, h, c, saved = run(x_proj, h0, c0, weight_hh, weight_ch, valid, option, **keep)
         elif cell == "GRU":

@@ -15,7 +15,8 @@ else of a step, forward or backward, in one fused kernel:
   products and two kernels per step, either way.
 
 The state of every step lives in one (L + 1, N, H) buffer, step t reading row t and writing row
-t + 1, so nothing is stacked after the loop. What the functions return and save is exactly what
+t + 1, so nothing is stacked after the loop. Unlike the compiled CPU loop it keeps every step's
+buffers under ``torch.no_grad()`` too (GPU memory is rarely what limits these sizes). What the functions return and save is exactly what
 the Python loop's counterparts return and save (``_lstm_forward`` and the rest), so the weight,
 bias and peephole gradients after the loop are the Python loop's own.
 
@@ -131,7 +132,7 @@ def _valid_rows(valid: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat([rows, rows.new_ones(1, rows.shape[1])]), True
 
 
-def rnn_forward(x_proj, h, weight_hh, valid, nonlinearity, keep=True):
+def rnn_forward(x_proj, h, weight_hh, valid, nonlinearity):
     x_proj = x_proj.contiguous()
     length, batch, hidden = x_proj.shape
     rows, masked = _valid_rows(valid, x_proj)
@@ -287,7 +288,7 @@ def _lstm_step_back(grad_out_ptr, rec_ptr, grad_h_ptr, grad_c_ptr, acts_ptr, c_p
     tl.store(grad_c_ptr + offs, grad_c_prev, mask=inside)
 
 
-def lstm_forward(x_proj, h, c, weight_hh, weight_ch, valid, coupled, keep=True):
+def lstm_forward(x_proj, h, c, weight_hh, weight_ch, valid, coupled):
     x_proj = x_proj.contiguous()
     length, batch = x_proj.shape[:2]
     hidden = h.shape[-1]
@@ -425,7 +426,7 @@ def _gru_back(grad_out_ptr, rec_ptr, grad_h_ptr, acts_ptr, h_prev_ptr, hidden_n_
         tl.store(direct_ptr + offs, grad * z + grad_reset * r, mask=inside)
 
 
-def gru_forward(x_proj, h, weight_hh, bias_hh, valid, reset_after, keep=True):
+def gru_forward(x_proj, h, weight_hh, bias_hh, valid, reset_after):
     x_proj = x_proj.contiguous()
     length, batch = x_proj.shape[:2]
     hidden = h.shape[-1]
@@ -469,7 +470,7 @@ def gru_backward(grad_out, grad_h, weight_hh, valid, saved, reset_after, norms=N
     grad_x_proj, grad_hidden = torch.empty_like(acts), torch.empty_like(acts)
     w_rz, w_n = weight_hh[: 2 * hidden], weight_hh[2 * hidden:]
     rec, carried = _copy(grad_h), _copy(grad_h)
-    grad_reset = torch.empty_like(grad_h)
+    grad_reset, direct = torch.empty_like(rec), torch.empty_like(rec)  # reset before only
     grid = _grid(batch, hidden)
     for t in range(length - 1, -1, -1):
         args = (grad_out[t], rec, carried, acts[t], h_prevs[t], hidden_n[t], grad_x_proj[t],
@@ -482,7 +483,6 @@ def gru_backward(grad_out, grad_h, weight_hh, valid, saved, reset_after, norms=N
                             **common)
             rec.addmm_(grad_hidden[t], weight_hh)
         else:
-            direct = torch.empty_like(rec)
             _gru_back[grid](*args, direct, grad_reset, valid_t, valid_next, batch * hidden,
                             STAGE=1, **common)
             torch.mm(grad_hidden[t][:, 2 * hidden:], w_n, out=grad_reset)
