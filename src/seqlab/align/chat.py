@@ -115,8 +115,7 @@ def stream_reply(
 
     The prompt is read once; then each token is fed alone with the carried state (a
     Transformer's key/value cache, a recurrent network's hidden state). A Transformer stops at
-    its ``context_length`` (the positions a soft prompt leaves; ``max_length`` of an exported
-    model).
+    its ``context_length`` (the positions a soft prompt leaves).
     """
     from seqlab.decode.sampling import sample_next_token
 
@@ -126,7 +125,7 @@ def stream_reply(
     model.eval()
     try:
         state = model.new_cache() if hasattr(model, "new_cache") else None
-        limit = getattr(model, "context_length", None) or getattr(model, "max_length", None)
+        limit = getattr(model, "context_length", None)  # None: a recurrent model has no limit
         if limit is not None:
             max_new_tokens = min(max_new_tokens, limit - len(prompt_ids))
         out = model(torch.tensor([prompt_ids], device=device), state=state)

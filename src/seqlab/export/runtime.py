@@ -161,6 +161,12 @@ class OnnxModel:
         """A Transformer language model's positions (None for other families)."""
         return self.info.get("max_length") if self.family == "lm-transformer" else None
 
+    @property
+    def context_length(self) -> int | None:
+        """The positions real tokens may take (as TransformerLM.context_length): all of them,
+        since a tuned run is merged before export and so carries no soft prompt."""
+        return self.max_length
+
     def new_cache(self) -> KeyValueState | None:
         """An empty key/value cache to pass as ``state`` (as TransformerLM.new_cache): the
         call that fills it returns it grown. None for a recurrent model, whose state starts
@@ -228,7 +234,7 @@ class OnnxModel:
                     out = self._language_model(next_token[:, None], out.state)
             return
         # The Transformer's sliding window once its positions run out, as TransformerLM.generate.
-        limit = self.info["max_length"]
+        limit = self.context_length
         tokens = prompt_ids
         cache = self._empty_state(prompt_ids.size(0))
         out = self._language_model(prompt_ids[:, -limit:], cache)

@@ -160,8 +160,7 @@ class ChatModelTask(Task):
         return build_language_model(self.model_config, self.tokenizer.vocab_size, self.data.max_length)
 
     def context_length(self, model: torch.nn.Module) -> int:
-        return (getattr(model, "context_length", None) or getattr(model, "max_length", None)
-                or self.data.max_length)
+        return getattr(model, "context_length", None) or self.data.max_length
 
     def reply_pieces(self, model, messages: list[dict], generator=None, *,
                      max_new_tokens: int | None = None, temperature: float | None = None,
