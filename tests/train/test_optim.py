@@ -178,3 +178,10 @@ def test_layer_scaled_rates_are_the_sgd_steps_taken(weight_decay):
         decayed = weight_decay if p.dim() >= 2 else 0.0
         expected = before[p] - rate * scales[p] * (p.grad + decayed * before[p])
         torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-7)
+
+
+def test_layer_lr_decay_on_a_model_without_layers_or_embeddings_is_an_error():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"layer_lr_decay=0.5 would change nothing: .*0.weight"):
+        layer_lr_scales(model, 0.5)
+    assert set(layer_lr_scales(model, 1.0).values()) == {1.0}  # no decay asked: nothing to say

@@ -63,6 +63,12 @@ def layer_lr_scales(model: torch.nn.Module, decay: float) -> dict[torch.nn.Param
             depth[parameter] = -1
         else:
             depth[parameter] = None
+    if decay < 1 and all(d is None for d in depth.values()):
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        raise ValueError(
+            f"trainer.layer_lr_decay={decay} would change nothing: no parameter name has a layer "
+            f"number (layers.N, blocks.N, h.N or torch.nn's _lN) or an embedding; the parameters "
+            f"are: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}")
     layers = max(found) + 1 if found else 0
     return {p: 1.0 if d is None else decay ** (layers - d) for p, d in depth.items()}
 
@@ -87,17 +93,16 @@ def build_optimizer(
     parameter groups as `lr_scale`, which `LRSchedule` multiplies into every step's rate.
     """
     parameters = [p for p in parameters if p.requires_grad]
-    scales = lr_scales or {}
-    groups = []
-    for scale in sorted({scales.get(p, 1.0) for p in parameters}, reverse=True):
-        members = [p for p in parameters if scales.get(p, 1.0) == scale]
-        for decays in (True, False):
-            chosen = [p for p in members if (p.dim() >= 2) == decays]
-            if chosen:
-                groups.append({"params": chosen, "weight_decay": weight_decay if decays else 0.0,
-                               "lr_scale": scale, "lr": lr * scale})
-    if weight_decay == 0 and not lr_scales:
-        groups = parameters
+    groups = parameters
+    if weight_decay > 0 or lr_scales:
+        # one group per (rate factor, decayed or not), in the parameters' order within each
+        by_kind: dict[tuple[float, bool], list] = {}
+        for p in parameters:
+            scale = (lr_scales or {}).get(p, 1.0)
+            by_kind.setdefault((scale, p.dim() >= 2), []).append(p)
+        order = sorted(by_kind, key=lambda kind: (-kind[0], not kind[1]))  # decayed group first
+        groups = [{"params": by_kind[scale, decays], "lr_scale": scale, "lr": lr * scale,
+                   "weight_decay": weight_decay if decays else 0.0} for scale, decays in order]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     fused = bool(parameters) and all(
