@@ -68,8 +68,6 @@ def train(args, family, start, data_set, fraction, train_file, out, lr) -> dict:
     pretrained = args.transformer if family == "transformer" else args.recurrent
     if start == "pretrained":
         overrides.append(f"model.init_from={pretrained}")
-        if args.layer_decay is not None:
-            overrides.append(f"trainer.layer_lr_decay={args.layer_decay}")
         overrides += args.pretrained_set
     else:
         overrides += architecture(pretrained, family)
@@ -160,10 +158,9 @@ def main() -> None:
                         help="learning rates tried for every run; the best on validation counts")
     parser.add_argument("--warmup", type=int, default=0,
                         help="warm-up steps of every fine-tuning (a linear rise to the rate)")
-    parser.add_argument("--layer-decay", type=float, default=None,
-                        help="trainer.layer_lr_decay of the pre-trained runs' fine-tuning")
     parser.add_argument("--pretrained-set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="more settings of the pre-trained runs' fine-tuning, e.g. tune.method=lora")
+                        help="more settings of the pre-trained runs' fine-tuning, e.g. tune.method=lora "
+                             "or trainer.layer_lr_decay=0.7")
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
