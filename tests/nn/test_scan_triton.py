@@ -15,6 +15,7 @@ from tests.nn.test_scan_compiled import (
     H_IN,
     LENGTHS,
     VARIANTS,
+    CountingKernel,
     L,
     N,
     assert_loop_equals_python,
@@ -24,16 +25,6 @@ from tests.nn.test_scan_compiled import (
 from seqlab.nn import scan as scan_module
 
 pytest.importorskip("triton")
-
-class Counting:
-    """Stands in for seqlab.nn.triton_scan and notes which loops were called."""
-
-    def __init__(self, module):
-        self.module, self.calls = module, []
-
-    def __getattr__(self, name):
-        self.calls.append(name)
-        return getattr(self.module, name)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +46,7 @@ def interpreted():
 
 @pytest.fixture
 def counting(interpreted, monkeypatch):
-    counter = Counting(interpreted)
+    counter = CountingKernel(interpreted)  # notes which loops were called
     monkeypatch.setattr(scan_module, "_triton", counter)
     monkeypatch.setattr(scan_module, "_triton_on_cpu", True)
     monkeypatch.setattr(scan_module, "_triton_error", None)
