@@ -17,7 +17,8 @@ command:
 
 Then each policy (SFT, DPO, PPO, GRPO) writes one sampled continuation (temperature 1) for each
 of 500 fixed openings from MR's test split, and the table reports the judge's positive share of
-the whole sentences, the mean reward, the KL to the SFT model (sum over the reply of
+the whole sentences, the mean reward (the first reward model's, and with --reward-models K the
+ensemble's combined reward too), the KL to the SFT model (sum over the reply of
 log pi - log pi_sft, averaged), distinct-2 over all replies, and the training wall time.
 
     python benchmarks/alignment_mr.py --data ../shared/data --out runs/alignment-mr
@@ -303,6 +304,9 @@ def report(args, runs: Path, files: dict[str, Path]) -> None:
 
     openings = [json.loads(line)["prompt"] for line in files["test_prompts.jsonl"].read_text().splitlines()]
     reward_model = load(runs / "reward-model").eval()
+    # The ensemble the policies were trained against, when there is one: its combined reward too.
+    ensemble = [reward_model] + [load(runs / f"reward-model-{k}").eval() for k in range(1, args.reward_models)]
+    combine = {"mean": lambda r: r.mean(0), "min": lambda r: r.min(0).values}[args.reward_combine]
     _, judge_task, judge, judge_device = open_run(runs / "judge")
     _, sft_task, sft_model, _ = open_run(runs / "sft")
     pad = sft_task.tokenizer.pad_id
@@ -317,15 +321,17 @@ def report(args, runs: Path, files: dict[str, Path]) -> None:
         with torch.no_grad():
             verdicts = [line.split("\t")[0] for line in judge_task.predict(judge, sentences, judge_device)]
             ids, lengths = pad_sequences([torch.tensor(p + r) for p, r in zip(prompts, replies)], pad_value=pad)
-            rewards = reward_model(ids, lengths=lengths).rewards
+            rewards = torch.stack([model(ids, lengths=lengths).rewards for model in ensemble])
         kl = reply_logps(policy, prompts, replies, pad) - reply_logps(sft_model, prompts, replies, pad)
         summary = json.loads((run / "summary.json").read_text())
         rows[name] = {
             "judge_positive": sum(v == "positive" for v in verdicts) / len(verdicts),
-            "reward": float(rewards.mean()), "kl": float(kl.mean()), "distinct_2": distinct_2(texts),
+            "reward": float(rewards[0].mean()), "kl": float(kl.mean()), "distinct_2": distinct_2(texts),
             "length_words": sum(len(t.split()) for t in texts) / len(texts),
             "train_seconds": summary.get("wall_seconds"), "sample_seconds": round(time.time() - began, 1),
         }
+        if len(ensemble) > 1:
+            rows[name]["ensemble_reward"] = float(combine(rewards).mean())
         samples[name] = sentences[:8]
         print(name, rows[name], flush=True)
     judge_summary = json.loads((runs / "judge" / "summary.json").read_text())
@@ -336,22 +342,25 @@ def report(args, runs: Path, files: dict[str, Path]) -> None:
         "machine": machine(args.threads),
         "policies": rows, "judge": judge_summary, "reward_model": rm_summary,
         "samples": samples}, indent=2), encoding="utf-8")
-    (out / "table.md").write_text(table(rows), encoding="utf-8")
+    (out / "table.md").write_text(table(rows, args), encoding="utf-8")
     (out / "samples.md").write_text("".join(
         f"**{name}**\n\n" + "".join(f"- {s}\n" for s in lines) + "\n" for name, lines in samples.items()),
         encoding="utf-8")
     curves(runs, out / "curves.png", [name for name in args.policies if (runs / name / "rl.jsonl").is_file()])
-    print(table(rows))
+    print(table(rows, args))
 
 
-def table(rows: dict) -> str:
+def table(rows: dict, args) -> str:
     sft = rows.get("sft", {})
-    lines = ["| policy | judged positive | mean reward | KL to SFT (nats) | distinct-2 (x SFT) | words | train wall |",
-             "|---|---|---|---|---|---|---|"]
+    ensemble = args.reward_models > 1
+    extra = f" {args.reward_combine} of {args.reward_models} reward models |" if ensemble else ""
+    lines = ["| policy | judged positive | mean reward |" + extra + " KL to SFT (nats) | distinct-2 (x SFT) | words | train wall |",
+             "|---|---|---|" + "---|" * ensemble + "---|---|---|---|"]
     for name, r in rows.items():
         ratio = r["distinct_2"] / sft["distinct_2"] if sft else float("nan")
         wall = f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") else "-"
-        lines.append(f"| {name.upper()} | {r['judge_positive'] * 100:.1f} % | {r['reward']:+.2f} | "
+        combined = f" {r['ensemble_reward']:+.2f} |" if ensemble else ""
+        lines.append(f"| {name.upper()} | {r['judge_positive'] * 100:.1f} % | {r['reward']:+.2f} |{combined} "
                      f"{r['kl']:.2f} | {r['distinct_2']:.3f} ({ratio:.3f}x) | {r['length_words']:.1f} | {wall} |")
     return "\n".join(lines) + "\n"
 
@@ -410,6 +419,8 @@ def main() -> None:
     parser.add_argument("--kl-coef", type=float, default=0.05)
     parser.add_argument("--ppo-rollouts", type=int, default=100, help="rollouts of 16 prompts, 4 epochs each")
     parser.add_argument("--grpo-rollouts", type=int, default=150, help="rollouts of 8 prompts x 4 replies")
+    parser.add_argument("--rl-minutes", type=float, default=None,
+                        help="PPO's and GRPO's time budget (trainer.max_time_minutes; the recipes' own when unset)")
     parser.add_argument("--grpo-beta", type=float, default=0.04, help="GRPO's KL weight (objective.beta)")
     parser.add_argument("--reward-models", type=int, default=1,
                         help="reward models PPO and GRPO read (an ensemble, each its own seed)")
@@ -436,6 +447,7 @@ def main() -> None:
     ensemble = [rm] + [runs / f"reward-model-{k}" for k in range(1, args.reward_models)]
     reward = ([f"reward.from={rm}"] if args.reward_models == 1 else
               [f"reward.from=[{','.join(map(str, ensemble))}]", f"reward.combine={args.reward_combine}"])
+    budget = [] if args.rl_minutes is None else [f"trainer.max_time_minutes={args.rl_minutes:g}"]
     pairs = files["pairs.jsonl"] if args.pairs == "labels" else args.out / "data" / "sample_pairs.jsonl"
     recipes = {
         "pretrain": ("pretrain-clm", pretrain_overrides(files["corpus.txt"], 4000, args.pretrain_minutes)),
@@ -462,13 +474,13 @@ def main() -> None:
             "data.max_length=64", "data.valid_fraction=0.01", f"objective.max_new_tokens={args.max_new_tokens}",
             f"objective.kl_coef={args.kl_coef}", "trainer.batch_size=16", f"trainer.lr={args.rl_lr}",
             f"trainer.max_steps={args.ppo_rollouts * 4}", "trainer.eval_every=40",
-            "trainer.eval_max_batches=4"]),
+            "trainer.eval_max_batches=4", *budget]),
         "grpo": ("grpo", [
             f"data.train={files['prompts.jsonl']}", f"model.init_from={sft}", *reward,
             "data.max_length=64", "data.valid_fraction=0.01", f"objective.max_new_tokens={args.max_new_tokens}",
             f"objective.beta={args.grpo_beta}", "trainer.batch_size=8", f"trainer.lr={args.rl_lr}",
             f"trainer.max_steps={args.grpo_rollouts}", "trainer.eval_every=10",
-            "trainer.eval_max_batches=8"]),
+            "trainer.eval_max_batches=8", *budget]),
     }
     for stage in STAGES:
         if args.pairs == "labels" and stage in ("ranker", "sample-pairs"):
