@@ -12,11 +12,17 @@
 #                                                               graphs minimal; default all)
 #
 # It reads seqlab from src/ (no install step); torch with CUDA, Triton, pydantic, PyYAML and
-# safetensors must be importable.
+# safetensors must be importable. Wheels in .whl/ (for a machine without a package index, e.g.
+# pydantic's, fetched with `pip download --python-version 3.12 --only-binary=:all: -d .whl ...`)
+# are installed to /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-runs/gpu-check}}"
 mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__,
 '|', torch.cuda.get_device_name())" 2>&1 | tee "$out/device.txt"
