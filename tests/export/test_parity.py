@@ -109,6 +109,17 @@ def test_greedy_generation_through_onnx_gives_the_same_tokens(runs, name):
     assert got == expected[0, len(prompt):].tolist()
 
 
+@pytest.mark.parametrize("name", ["lm", "lm-transformer"])
+def test_exported_model_samples_the_same_tokens_past_its_positions(runs, name):
+    # 40 new tokens after a 5-token prompt: past model.max_length=16, so the Transformer's cache
+    # gives way to the sliding window in both; a seeded generator makes the draws comparable.
+    task, model, exported = opened(runs, name)
+    prompt = torch.tensor([task.tokenizer.encode("The k")] * 2)
+    expected = model.generate(prompt, 40, temperature=0.9, generator=torch.Generator().manual_seed(5))
+    got = exported.generate(prompt, 40, temperature=0.9, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize(
     "name", ["seq2seq", "seq2seq-luong", "seq2seq-concat", "seq2seq-transformer",
              "seq2seq-transformer-wide-source"])

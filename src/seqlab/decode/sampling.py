@@ -118,3 +118,28 @@ def sample_next_token(
         logits = filter_top_p(logits, top_p)
     probs = torch.softmax(logits, dim=-1)  # (N, V)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (N,)
+
+
+def windowed_stream(forward, prompt_ids: torch.Tensor, max_new_tokens: int, window: int,
+                    cache=None, capacity: int | None = None, **sampling):
+    """Yield each new token (N,) of a causal model whose context holds ``window`` tokens.
+
+    ``forward(ids, cache)`` runs the model on ``ids`` (N, T) after what ``cache`` holds and
+    returns (the last position's logits (N, V), the cache). The cache serves while it holds fewer
+    than ``capacity`` positions; once full (or with no cache at all) each step reruns the last
+    ``window`` tokens: a sliding window. ``sampling`` goes to :func:`sample_next_token`.
+    """
+    tokens = prompt_ids
+    logits, cache = forward(prompt_ids[:, -window:], cache)
+    for step in range(max_new_tokens):
+        next_token = sample_next_token(logits, **sampling)  # (N,)
+        yield next_token
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (N, t + 1)
+        if step + 1 == max_new_tokens:
+            break
+        if cache is not None and cache.length == capacity:
+            cache = None  # full: go on with the sliding window
+        if cache is not None:
+            logits, cache = forward(next_token[:, None], cache)
+        else:
+            logits, _ = forward(tokens[:, -window:], None)

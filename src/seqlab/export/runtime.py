@@ -221,7 +221,7 @@ class OnnxModel:
                top_k: int | None = None, top_p: float | None = None,
                generator: torch.Generator | None = None):
         """Yield each new token (N,) as soon as it is drawn (the same draws as `generate`)."""
-        from seqlab.decode.sampling import prompt_batch, sample_next_token
+        from seqlab.decode.sampling import prompt_batch, sample_next_token, windowed_stream
 
         prompt_ids = prompt_batch(prompt_ids, max_new_tokens, torch.device("cpu"))  # (N, P)
         if self.family == "lm":
@@ -233,26 +233,16 @@ class OnnxModel:
                 if step + 1 < max_new_tokens:
                     out = self._language_model(next_token[:, None], out.state)
             return
-        # The Transformer's sliding window once its positions run out, as TransformerLM.generate.
-        limit = self.context_length
-        tokens = prompt_ids
-        cache = self._empty_state(prompt_ids.size(0))
-        out = self._language_model(prompt_ids[:, -limit:], cache)
-        logits, cache = out.logits[:, -1], out.state
-        for step in range(max_new_tokens):
-            next_token = sample_next_token(logits, temperature=temperature, top_k=top_k,
-                                           top_p=top_p, generator=generator)
-            yield next_token
-            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
-            if step + 1 == max_new_tokens:
-                break
-            if cache is not None and cache.length == limit:
-                cache = None
-            if cache is not None:
-                out = self._language_model(next_token[:, None], cache)
-                logits, cache = out.logits[:, -1], out.state
-            else:
-                logits = self._language_model(tokens[:, -limit:]).logits[:, -1]
+        # The Transformer's sliding window once its positions run out, as TransformerLM.stream.
+
+        def forward(ids, cache):
+            out = self._language_model(ids, cache)
+            return out.logits[:, -1], out.state
+
+        yield from windowed_stream(
+            forward, prompt_ids, max_new_tokens, self.context_length,
+            cache=self._empty_state(prompt_ids.size(0)), capacity=self.context_length,
+            temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
 
     # Encoder-decoders: the step API of seqlab.decode.
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> Rows:

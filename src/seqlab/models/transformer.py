@@ -577,31 +577,20 @@ class TransformerLM(nn.Module):
                top_k: int | None = None, top_p: float | None = None,
                generator: torch.Generator | None = None, use_cache: bool = True):
         """Yield each new token (N,) of :meth:`generate` as soon as it is drawn."""
-        from seqlab.decode.sampling import prompt_batch, sample_next_token
+        from seqlab.decode.sampling import prompt_batch, windowed_stream
 
         prompt_ids = prompt_batch(prompt_ids, max_new_tokens, self.head.weight.device)  # (N, P)
+
+        def forward(ids, cache):
+            return self(ids, state=cache).logits[:, -1], cache  # the cache is filled in place
+
         was_training = self.training
         self.eval()
         try:
-            tokens = prompt_ids
-            window = self.context_length
-            cache = self.new_cache() if use_cache else None
-            logits = self(prompt_ids[:, -window:], state=cache).logits[:, -1]
-            for step in range(max_new_tokens):
-                next_token = sample_next_token(
-                    logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                    generator=generator,
-                )  # (N,)
-                yield next_token
-                tokens = torch.cat([tokens, next_token[:, None]], dim=1)  # (N, t + 1)
-                if step + 1 == max_new_tokens:
-                    break
-                if cache is not None and cache.length == self.max_length:
-                    cache = None  # full: go on with the sliding window
-                if cache is not None:
-                    logits = self(next_token[:, None], state=cache).logits[:, -1]
-                else:
-                    logits = self(tokens[:, -window:]).logits[:, -1]  # (N, V)
+            yield from windowed_stream(
+                forward, prompt_ids, max_new_tokens, self.context_length,
+                cache=self.new_cache() if use_cache else None, capacity=self.max_length,
+                temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         finally:
             self.train(was_training)
 
