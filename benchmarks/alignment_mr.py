@@ -293,6 +293,21 @@ def reward_auc(args, reward_model, task) -> float:
     return float(roc_auc_score(labels, scores))
 
 
+def judge_on_test(args, judge_task, judge, device) -> dict[str, float]:
+    """The judge's positive share on MR's real test sentences of each label: what human-written
+    reviews of that polarity score, the reference for the policies' share."""
+    import torch
+
+    sentences = read_tsv(args.data / "sentences" / "mr" / "test.tsv")
+    shares = {}
+    for label in ("positive", "negative"):
+        texts = [s for s, y in sentences if y == label]
+        with torch.no_grad():
+            verdicts = [line.split("\t")[0] for line in judge_task.predict(judge, texts, device)]
+        shares[label] = sum(v == "positive" for v in verdicts) / len(verdicts)
+    return shares
+
+
 def report(args, runs: Path, files: dict[str, Path]) -> None:
     """Sample every policy on the test openings; score with the reward model, the judge and the
     SFT model; write the table, samples and curves."""
@@ -335,6 +350,7 @@ def report(args, runs: Path, files: dict[str, Path]) -> None:
         samples[name] = sentences[:8]
         print(name, rows[name], flush=True)
     judge_summary = json.loads((runs / "judge" / "summary.json").read_text())
+    judge_summary["judged_positive_on_test"] = judge_on_test(args, judge_task, judge, judge_device)
     rm_summary = json.loads((runs / "reward-model" / "summary.json").read_text())
     rm_summary["test_auc"] = reward_auc(args, reward_model, sft_task)
     out = args.out
@@ -342,12 +358,15 @@ def report(args, runs: Path, files: dict[str, Path]) -> None:
         "machine": machine(args.threads),
         "policies": rows, "judge": judge_summary, "reward_model": rm_summary,
         "samples": samples}, indent=2), encoding="utf-8")
-    (out / "table.md").write_text(table(rows, args), encoding="utf-8")
+    human = judge_summary["judged_positive_on_test"]
+    ceiling = (f"\nThe judge calls {human['positive'] * 100:.1f} % of MR's positive test sentences positive "
+               f"(and {human['negative'] * 100:.1f} % of the negative ones).\n")
+    (out / "table.md").write_text(table(rows, args) + ceiling, encoding="utf-8")
     (out / "samples.md").write_text("".join(
         f"**{name}**\n\n" + "".join(f"- {s}\n" for s in lines) + "\n" for name, lines in samples.items()),
         encoding="utf-8")
     curves(runs, out / "curves.png", [name for name in args.policies if (runs / name / "rl.jsonl").is_file()])
-    print(table(rows, args))
+    print(table(rows, args) + ceiling)
 
 
 def table(rows: dict, args) -> str:
