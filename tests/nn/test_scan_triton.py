@@ -125,6 +125,29 @@ def test_a_failing_kernel_warns_once_and_runs_the_python_loop(counting, monkeypa
     torch.testing.assert_close(again, expected, rtol=0, atol=0)
 
 
+def test_a_failing_graph_capture_warns_once_and_runs_the_triton_loop_eagerly(counting, monkeypatch):
+    # Asked for graphs, the capture fails (here: no CUDA at all); the Triton loop still runs.
+    monkeypatch.setenv(scan_module.TRITON_SWITCH, "1")
+    monkeypatch.setattr(scan_module, "_graphs_error", None)
+    monkeypatch.setattr(scan_module, "_use_graphs", lambda tensor: scan_module._graphs_error is None)
+    torch.manual_seed(0)
+    layer = VARIANTS["gru-reset-before"]().double()
+    x = torch.randn(L, N, H_IN, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="CUDA graphs cannot capture"):
+        output, _ = layer(x, lengths=LENGTHS)
+    assert "graphed" in counting.calls and "gru_forward" in counting.calls
+    assert scan_module._triton_error is None and scan_module.triton_available()
+    counting.calls.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once only
+        again, _ = layer(x, lengths=LENGTHS)
+    assert "graphed" not in counting.calls and "gru_forward" in counting.calls
+    monkeypatch.setenv(scan_module.TRITON_SWITCH, "0")
+    expected, _ = layer(x, lengths=LENGTHS)
+    torch.testing.assert_close(output, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(again, expected, rtol=0, atol=1e-12)
+
+
 def test_without_triton_the_gpu_loop_warns_once_and_is_not_used(monkeypatch):
     monkeypatch.setattr(scan_module, "_triton", None)
     monkeypatch.setattr(scan_module, "_triton_error", None)

@@ -38,7 +38,8 @@ The GPU loop. On CUDA float32 / float64 tensors the same steps run through
 matrix products on cuBLAS, the same saved tensors. Triton comes with torch's CUDA builds; without
 it, with ``SEQLAB_TRITON_SCAN=0``, or when a kernel fails to compile, the Python loop runs (a
 failure warns once). :func:`triton_available` says whether it is in use. ``SEQLAB_CUDA_GRAPHS=1``
-replays each loop as a CUDA graph captured once per shape (no launch from Python per step).
+replays each loop as a CUDA graph captured once per shape (no launch from Python per step); a
+capture that fails warns once, and the loop runs without graphs.
 
 Tests compare every cell's gradients with autograd through :mod:`seqlab.nn.cells` and run
 ``torch.autograd.gradcheck`` in float64, and compare the compiled loop with the Python one.
@@ -502,6 +503,7 @@ TRITON_SWITCH = "SEQLAB_TRITON_SCAN"
 GRAPHS_SWITCH = "SEQLAB_CUDA_GRAPHS"  # "1": the Triton loop replayed as CUDA graphs
 _triton = None  # the seqlab.nn.triton_scan module once imported
 _triton_error: str | None = None  # why the Triton loop cannot run; the Python loop runs then
+_graphs_error: str | None = None  # why CUDA graphs cannot capture it; the loop runs eagerly then
 _triton_on_cpu = False  # tests: run the Triton loop on CPU tensors (under TRITON_INTERPRET=1)
 
 
@@ -511,6 +513,19 @@ def _triton_failed(error: Exception) -> None:
     warnings.warn(f"seqlab: the GPU time loop (Triton) cannot run ({_triton_error}); recurrent "
                   f"variants run the Python loop on the GPU. Set {TRITON_SWITCH}=0 to skip it.",
                   RuntimeWarning, stacklevel=3)
+
+
+def _graphs_failed(error: Exception) -> None:
+    global _graphs_error
+    _graphs_error = _short_reason(error)
+    warnings.warn(f"seqlab: CUDA graphs cannot capture the GPU time loop ({_graphs_error}); it "
+                  f"runs without them. Unset {GRAPHS_SWITCH} to skip them.", RuntimeWarning,
+                  stacklevel=3)
+
+
+def _use_graphs(tensor: Tensor) -> bool:
+    """SEQLAB_CUDA_GRAPHS=1 on a CUDA tensor, and no capture has failed."""
+    return tensor.is_cuda and os.environ.get(GRAPHS_SWITCH) == "1" and _graphs_error is None
 
 
 def triton_available() -> bool:
@@ -554,8 +569,11 @@ def _triton_loop(cell: str, direction: int):
         if _triton_error is None:
             try:
                 loop = getattr(_triton, f"{name}_{('forward', 'backward')[direction]}")
-                if args[0].is_cuda and os.environ.get(GRAPHS_SWITCH) == "1":
-                    return _triton.graphed(loop, *args, **kwargs)
+                if _use_graphs(args[0]):
+                    try:
+                        return _triton.graphed(loop, *args, **kwargs)
+                    except Exception as error:  # noqa: BLE001 (no capture: the loop runs eagerly)
+                        _graphs_failed(error)
                 return loop(*args, **kwargs)
             except Exception as error:  # noqa: BLE001 (a kernel that cannot run: the Python loop)
                 _triton_failed(error)

@@ -545,7 +545,8 @@ def graphed(function, *args, **kwargs):
             function(*static, **kwargs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the backward loop is captured on autograd's own thread
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             result = function(*static, **kwargs)
         entry = _graphs[key] = (graph, static, result)
         while len(_graphs) > GRAPH_CACHE:
