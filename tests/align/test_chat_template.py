@@ -95,3 +95,32 @@ def test_streamed_reply_holds_a_character_back_until_its_bytes_are_drawn(monkeyp
                                     [{"role": "user", "content": "hi"}]))
     assert "".join(pieces) == "café ok" and len(pieces) > 1
     assert not any("\ufffd" in piece for piece in pieces)
+
+
+def test_best_of_n_keeps_the_best_scored_of_the_replies_stream_reply_draws():
+    from seqlab.align import best_of_n
+    from seqlab.models.transformer import TransformerLM
+
+    torch.manual_seed(0)
+    model = TransformerLM(20, d_model=16, nhead=2, num_layers=1, dim_feedforward=32, max_length=32)
+    prompt = [1, 5, 6]
+
+    def count_sevens(prompt_ids, replies):  # a reward written out: how often token 7 appears
+        assert prompt_ids == prompt
+        return torch.tensor([float(reply.count(7)) - 0.01 * len(reply) for reply in replies])
+
+    best, scores = best_of_n(model, prompt, end_of_turn_id=2, max_new_tokens=12, n=6,
+                             score=count_sevens, generator=torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)  # the same six draws, one after another
+    drawn = [list(stream_reply(model, prompt, 2, 12, 1.0, generator=generator, include_end=True))
+             for _ in range(6)]
+    expected = count_sevens(prompt, drawn)
+    assert torch.equal(scores, expected)
+    assert best == drawn[int(expected.argmax())]
+    assert len({tuple(reply) for reply in drawn}) > 1  # six different replies to choose from
+    one, _ = best_of_n(model, prompt, 2, 12, 1, count_sevens, generator=torch.Generator().manual_seed(3))
+    assert one == drawn[0]  # n = 1 is plain sampling
+    with pytest.raises(ValueError, match="n >= 1"):
+        best_of_n(model, prompt, 2, 12, 0, count_sevens)
+    with pytest.raises(ValueError, match="one per reply"):
+        best_of_n(model, prompt, 2, 12, 2, lambda p, r: torch.zeros(3))

@@ -2,9 +2,10 @@
 
 The functions here are the maths of each method, for those who write their own loop; the
 `sft`, `reward-model` and `dpo` tasks use them, and `seqlab chat` talks to the result.
+`best_of_n` is the alignment that changes no weight: sample n replies, keep the best-rated.
 """
 
-from seqlab.align.chat import ROLES, ChatTemplate, stream_reply
+from seqlab.align.chat import ROLES, ChatTemplate, best_of_n, stream_reply
 from seqlab.align.logprobs import entropy_from_logits, sequence_logps, token_logps
 from seqlab.align.preference import bradley_terry_loss, dpo_loss
 from seqlab.align.rl import (
@@ -21,6 +22,7 @@ from seqlab.align.rl import (
 __all__ = [
     "ROLES",
     "ChatTemplate",
+    "best_of_n",
     "bradley_terry_loss",
     "dpo_loss",
     "entropy_from_logits",

@@ -17,7 +17,7 @@ tokens are read but never scored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -141,3 +141,33 @@ def stream_reply(
                 out = model(token[:, None], state=out.state)
     finally:
         model.train(was_training)
+
+
+def best_of_n(
+    model: torch.nn.Module,
+    prompt_ids: list[int],
+    end_of_turn_id: int,
+    max_new_tokens: int,
+    n: int,
+    score: Callable[[list[int], list[list[int]]], torch.Tensor],
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[list[int], torch.Tensor]:
+    """Best-of-n sampling: ``n`` replies to the prompt, each drawn as :func:`stream_reply` draws
+    one (end-of-turn token included), and the one ``score`` rates highest.
+
+    ``score(prompt_ids, replies)`` returns the (n,) rewards of the replies, e.g. a reward model's
+    scores of prompt + reply. Returns (the best reply, the (n,) scores). No weight changes: the
+    KL from the sampling model to the best-of-n one is at most log n - (n - 1) / n nats.
+    """
+    if n < 1:
+        raise ValueError(f"best_of_n needs n >= 1 replies to choose from, got n={n}")
+    replies = [list(stream_reply(model, prompt_ids, end_of_turn_id, max_new_tokens, temperature,
+                                 top_k, top_p, generator, include_end=True)) for _ in range(n)]
+    scores = torch.as_tensor(score(prompt_ids, replies), dtype=torch.float).flatten()
+    if scores.numel() != n:
+        raise ValueError(f"score returned {scores.numel()} values for {n} replies; it should "
+                         "return one per reply")
+    return replies[int(scores.argmax())], scores
