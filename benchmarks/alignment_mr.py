@@ -15,8 +15,9 @@ command:
 5. `dpo` on the reward model's pairs; `ppo` and `grpo` against the reward model, on openings
    from the training split.
 
-Then each policy (SFT, DPO, PPO, GRPO) writes one sampled continuation (temperature 1) for each
-of 500 fixed openings from MR's test split, and the table reports the judge's positive share of
+Then each policy (SFT, DPO, PPO, GRPO, and the SFT model's best of --best-of replies by the
+reward: best-of-n, which changes no weight) writes one sampled continuation (temperature 1) for
+each of 500 fixed openings from MR's test split, and the table reports the judge's positive share of
 the whole sentences, the mean reward (the first reward model's, and with --reward-models K the
 ensemble's combined reward too), the KL to the SFT model (sum over the reply of
 log pi - log pi_sft, averaged), distinct-2 over all replies, and the training wall time.
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import platform
 import random
 import subprocess
@@ -46,7 +48,7 @@ import yaml
 OPENING_WORDS = (2, 5)  # an opening is the first 2..5 words of a sentence
 STAGES = ("pretrain", "sft", "ranker", "sample-pairs", "reward-model", "judge", "dpo", "ppo", "grpo",
           "evaluate")
-POLICIES = ("sft", "dpo", "ppo", "grpo")
+POLICIES = ("sft", "dpo", "ppo", "grpo", "bon")  # bon: the SFT model's best of --best-of replies
 
 
 def run_seqlab(recipe: str, overrides: list[str], run_dir: Path) -> dict:
@@ -215,6 +217,26 @@ def sample_policy(run: Path, openings: list[str], max_new_tokens: int, seed: int
     return prompts, replies, texts, policy, task
 
 
+def sample_best_of(run: Path, openings: list[str], n: int, max_new_tokens: int, seed: int, score):
+    """Best-of-n (temperature 1): for each opening the reply `score` rates highest of n."""
+    import torch
+
+    from seqlab.align import best_of_n
+    from seqlab.train.run import open_run
+
+    _, task, model, device = open_run(run)
+    policy = getattr(model, "language_model", model)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    prompts, replies = [], []
+    for opening in openings:
+        prompt = task.template.encode([{"role": "user", "content": opening}], add_generation_prompt=True)[0]
+        best, _ = best_of_n(policy, prompt, task.tokenizer.eos_id, max_new_tokens, n, score,
+                            temperature=1.0, generator=generator)
+        prompts.append(prompt)
+        replies.append(best or [task.tokenizer.eos_id])
+    return prompts, replies, [task.template.decode_reply(reply) for reply in replies]
+
+
 def sample_pairs(args, runs: Path, files: dict[str, Path], path: Path) -> Path:
     """Preference pairs from the SFT model's own samples: two replies to each training opening,
     the one the ranker (a sentiment classifier on the reward half) finds more positive chosen;
@@ -325,25 +347,41 @@ def report(args, runs: Path, files: dict[str, Path]) -> None:
     _, judge_task, judge, judge_device = open_run(runs / "judge")
     _, sft_task, sft_model, _ = open_run(runs / "sft")
     pad = sft_task.tokenizer.pad_id
+    def rewards_of(sequences: list[list[int]]) -> torch.Tensor:
+        """(models, N): every reward model's score of each prompt + reply."""
+        ids, lengths = pad_sequences([torch.tensor(sequence) for sequence in sequences], pad_value=pad)
+        with torch.no_grad():
+            return torch.stack([model(ids, lengths=lengths).rewards for model in ensemble])
+
+    def trained_reward(prompt: list[int], replies: list[list[int]]) -> torch.Tensor:
+        """The reward the RL policies maximise: the one model's, or the ensemble's combined."""
+        return combine(rewards_of([prompt + reply for reply in replies]))
+
     rows, samples = {}, {}
     for name in args.policies:
-        run = runs / name
+        run = runs / ("sft" if name == "bon" else name)
         if not (run / "summary.json").is_file():
             continue
         began = time.time()
-        prompts, replies, texts, policy, _ = sample_policy(run, openings, args.max_new_tokens, args.seed)
+        if name == "bon":
+            prompts, replies, texts = sample_best_of(run, openings, args.best_of, args.max_new_tokens,
+                                                     args.seed, trained_reward)
+        else:
+            prompts, replies, texts, policy, _ = sample_policy(run, openings, args.max_new_tokens, args.seed)
         sentences = [f"{o} {t}".strip() for o, t in zip(openings, texts)]
         with torch.no_grad():
             verdicts = [line.split("\t")[0] for line in judge_task.predict(judge, sentences, judge_device)]
-            ids, lengths = pad_sequences([torch.tensor(p + r) for p, r in zip(prompts, replies)], pad_value=pad)
-            rewards = torch.stack([model(ids, lengths=lengths).rewards for model in ensemble])
-        kl = reply_logps(policy, prompts, replies, pad) - reply_logps(sft_model, prompts, replies, pad)
-        summary = json.loads((run / "summary.json").read_text())
+        rewards = rewards_of([p + r for p, r in zip(prompts, replies)])
+        if name == "bon":  # no policy to score: the bound on the KL of best-of-n to its sampler
+            kl, wall = math.log(args.best_of) - (args.best_of - 1) / args.best_of, None
+        else:
+            kl = float((reply_logps(policy, prompts, replies, pad) - reply_logps(sft_model, prompts, replies, pad)).mean())
+            wall = json.loads((run / "summary.json").read_text()).get("wall_seconds")
         rows[name] = {
             "judge_positive": sum(v == "positive" for v in verdicts) / len(verdicts),
-            "reward": float(rewards[0].mean()), "kl": float(kl.mean()), "distinct_2": distinct_2(texts),
+            "reward": float(rewards[0].mean()), "kl": kl, "distinct_2": distinct_2(texts),
             "length_words": sum(len(t.split()) for t in texts) / len(texts),
-            "train_seconds": summary.get("wall_seconds"), "sample_seconds": round(time.time() - began, 1),
+            "train_seconds": wall, "sample_seconds": round(time.time() - began, 1),
         }
         if len(ensemble) > 1:
             rows[name]["ensemble_reward"] = float(combine(rewards).mean())
@@ -379,8 +417,11 @@ def table(rows: dict, args) -> str:
         ratio = r["distinct_2"] / sft["distinct_2"] if sft else float("nan")
         wall = f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") else "-"
         combined = f" {r['ensemble_reward']:+.2f} |" if ensemble else ""
-        lines.append(f"| {name.upper()} | {r['judge_positive'] * 100:.1f} % | {r['reward']:+.2f} |{combined} "
-                     f"{r['kl']:.2f} | {r['distinct_2']:.3f} ({ratio:.3f}x) | {r['length_words']:.1f} | {wall} |")
+        policy, kl = name.upper(), f"{r['kl']:.2f}"
+        if name == "bon":
+            policy, kl = f"SFT, best of {args.best_of}", f"<= {r['kl']:.2f}"
+        lines.append(f"| {policy} | {r['judge_positive'] * 100:.1f} % | {r['reward']:+.2f} |{combined} "
+                     f"{kl} | {r['distinct_2']:.3f} ({ratio:.3f}x) | {r['length_words']:.1f} | {wall} |")
     return "\n".join(lines) + "\n"
 
 
@@ -445,6 +486,8 @@ def main() -> None:
                         help="reward models PPO and GRPO read (an ensemble, each its own seed)")
     parser.add_argument("--reward-combine", choices=("mean", "min"), default="mean",
                         help="how an ensemble's rewards combine (reward.combine)")
+    parser.add_argument("--best-of", type=int, default=16,
+                        help="the bon policy: the SFT model's best of N replies by the (combined) reward")
     parser.add_argument("--dpo-lr", type=float, default=1e-4)
     parser.add_argument("--policies", nargs="*", default=list(POLICIES),
                         help="run directories under OUT/runs to evaluate (default: the four policies)")
