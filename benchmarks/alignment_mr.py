@@ -196,11 +196,13 @@ def distinct_2(texts: list[str]) -> float:
     return len(set(pairs)) / max(len(pairs), 1)
 
 
-def sample_policy(run: Path, openings: list[str], max_new_tokens: int, seed: int):
-    """One reply (temperature 1) per opening: (prompt ids, reply ids, reply texts, model, task)."""
+def sample_policy(run: Path, openings: list[str], max_new_tokens: int, seed: int, best_of: int = 1,
+                  score=None):
+    """One reply (temperature 1) per opening: (prompt ids, reply ids, reply texts, model, task).
+    With best_of > 1, each the one `score(prompt, replies)` rates highest of that many (best-of-n)."""
     import torch
 
-    from seqlab.align import stream_reply
+    from seqlab.align import best_of_n, stream_reply
     from seqlab.train.run import open_run
 
     _, task, model, device = open_run(run)
@@ -209,32 +211,16 @@ def sample_policy(run: Path, openings: list[str], max_new_tokens: int, seed: int
     prompts, replies = [], []
     for opening in openings:
         prompt = task.template.encode([{"role": "user", "content": opening}], add_generation_prompt=True)[0]
-        reply = list(stream_reply(policy, prompt, task.tokenizer.eos_id, max_new_tokens, temperature=1.0,
-                                  generator=generator, include_end=True)) or [task.tokenizer.eos_id]
+        if best_of == 1:
+            reply = list(stream_reply(policy, prompt, task.tokenizer.eos_id, max_new_tokens, temperature=1.0,
+                                      generator=generator, include_end=True))
+        else:
+            reply, _ = best_of_n(policy, prompt, task.tokenizer.eos_id, max_new_tokens, best_of, score,
+                                 temperature=1.0, generator=generator)
         prompts.append(prompt)
-        replies.append(reply)
+        replies.append(reply or [task.tokenizer.eos_id])
     texts = [task.template.decode_reply(reply) for reply in replies]
     return prompts, replies, texts, policy, task
-
-
-def sample_best_of(run: Path, openings: list[str], n: int, max_new_tokens: int, seed: int, score):
-    """Best-of-n (temperature 1): for each opening the reply `score` rates highest of n."""
-    import torch
-
-    from seqlab.align import best_of_n
-    from seqlab.train.run import open_run
-
-    _, task, model, device = open_run(run)
-    policy = getattr(model, "language_model", model)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    prompts, replies = [], []
-    for opening in openings:
-        prompt = task.template.encode([{"role": "user", "content": opening}], add_generation_prompt=True)[0]
-        best, _ = best_of_n(policy, prompt, task.tokenizer.eos_id, max_new_tokens, n, score,
-                            temperature=1.0, generator=generator)
-        prompts.append(prompt)
-        replies.append(best or [task.tokenizer.eos_id])
-    return prompts, replies, [task.template.decode_reply(reply) for reply in replies]
 
 
 def sample_pairs(args, runs: Path, files: dict[str, Path], path: Path) -> Path:
@@ -363,11 +349,9 @@ def report(args, runs: Path, files: dict[str, Path]) -> None:
         if not (run / "summary.json").is_file():
             continue
         began = time.time()
-        if name == "bon":
-            prompts, replies, texts = sample_best_of(run, openings, args.best_of, args.max_new_tokens,
-                                                     args.seed, trained_reward)
-        else:
-            prompts, replies, texts, policy, _ = sample_policy(run, openings, args.max_new_tokens, args.seed)
+        best_of = args.best_of if name == "bon" else 1
+        prompts, replies, texts, policy, _ = sample_policy(run, openings, args.max_new_tokens, args.seed,
+                                                           best_of, trained_reward)
         sentences = [f"{o} {t}".strip() for o, t in zip(openings, texts)]
         with torch.no_grad():
             verdicts = [line.split("\t")[0] for line in judge_task.predict(judge, sentences, judge_device)]
