@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from seqlab.schema import ConfigError
 from seqlab.train.optim import LRSchedule, build_optimizer, clip_gradients, layer_lr_scales
 
 
@@ -182,6 +183,6 @@ def test_layer_scaled_rates_are_the_sgd_steps_taken(weight_decay):
 
 def test_layer_lr_decay_on_a_model_without_layers_or_embeddings_is_an_error():
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
-    with pytest.raises(ValueError, match=r"layer_lr_decay=0.5 would change nothing: .*0.weight"):
+    with pytest.raises(ConfigError, match=r"layer_lr_decay=0.5 would change nothing: .*0.weight"):
         layer_lr_scales(model, 0.5)
     assert set(layer_lr_scales(model, 1.0).values()) == {1.0}  # no decay asked: nothing to say

@@ -32,7 +32,7 @@ from seqlab.train.checkpoint import (
     save_weights,
     set_rng_state,
 )
-from seqlab.train.config import ConfigError, TrainerConfig
+from seqlab.train.config import TrainerConfig
 from seqlab.train.distributed import DistContext
 from seqlab.train.optim import LRSchedule, build_optimizer, clip_gradients, layer_lr_scales
 from seqlab.train.reporting import MetricsLog, ProgressDisplay
@@ -168,10 +168,7 @@ def fit(
     device = context.device
     model.to(device)
     train_model = context.wrap(model)
-    try:
-        scales = layer_lr_scales(model, cfg.layer_lr_decay) if cfg.layer_lr_decay else None
-    except ValueError as exc:  # a setting that cannot apply to this model
-        raise ConfigError(str(exc)) from None
+    scales = layer_lr_scales(model, cfg.layer_lr_decay) if cfg.layer_lr_decay else None
     optimizer = build_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
                                 tuple(cfg.betas), lr_scales=scales)
     batch_size = cfg.batch_size

@@ -31,6 +31,8 @@ import re
 
 import torch
 
+from seqlab.schema import ConfigError
+
 __all__ = [
     "LRSchedule", "build_optimizer", "clip_gradients", "layer_lr_scales", "warmup_cosine_factor",
 ]
@@ -65,7 +67,7 @@ def layer_lr_scales(model: torch.nn.Module, decay: float) -> dict[torch.nn.Param
             depth[parameter] = None
     if decay < 1 and all(d is None for d in depth.values()):
         names = [n for n, p in model.named_parameters() if p.requires_grad]
-        raise ValueError(
+        raise ConfigError(
             f"trainer.layer_lr_decay={decay} would change nothing: no parameter name has a layer "
             f"number (layers.N, blocks.N, h.N or torch.nn's _lN) or an embedding; the parameters "
             f"are: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}")
