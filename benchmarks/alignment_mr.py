@@ -474,10 +474,13 @@ def main() -> None:
                         help="the bon policy: the SFT model's best of N replies by the (combined) reward")
     parser.add_argument("--dpo-lr", type=float, default=1e-4)
     parser.add_argument("--policies", nargs="*", default=list(POLICIES),
-                        help="run directories under OUT/runs to evaluate (default: the four policies)")
+                        help="policies to evaluate: run directories under OUT/runs, and bon (default: all five)")
     parser.add_argument("--quick", action="store_true",
                         help="a pass through every stage in minutes (10 steps each, 20 samples): checks the pipeline")
     args = parser.parse_args()
+    if args.best_of < 1 or args.reward_models < 1:
+        parser.error("--best-of and --reward-models need a whole number >= 1 "
+                     f"(got --best-of {args.best_of}, --reward-models {args.reward_models})")
     if args.quick:
         args.samples, args.pretrain_minutes = 20, 0.5
     require(args.data, ("wikitext-2/valid.txt", "sentences/mr/train.tsv"), "WikiText-2 and MR")
