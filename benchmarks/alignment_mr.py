@@ -466,6 +466,9 @@ def main() -> None:
     parser.add_argument("--rl-minutes", type=float, default=None,
                         help="PPO's and GRPO's time budget (trainer.max_time_minutes; the recipes' own when unset)")
     parser.add_argument("--grpo-beta", type=float, default=0.04, help="GRPO's KL weight (objective.beta)")
+    parser.add_argument("--diversity", type=float, default=0.0,
+                        help="PPO's and GRPO's objective.diversity_coef: a reward bonus of this "
+                             "times the share of a reply's bigrams no other reply of the rollout has")
     parser.add_argument("--reward-models", type=int, default=1,
                         help="reward models PPO and GRPO read (an ensemble, each its own seed)")
     parser.add_argument("--reward-combine", choices=("mean", "min"), default="mean",
@@ -497,6 +500,7 @@ def main() -> None:
     reward = ([f"reward.from={rm}"] if args.reward_models == 1 else
               [f"reward.from=[{','.join(map(str, ensemble))}]", f"reward.combine={args.reward_combine}"])
     budget = [] if args.rl_minutes is None else [f"trainer.max_time_minutes={args.rl_minutes:g}"]
+    diversity = [f"objective.diversity_coef={args.diversity:g}"] if args.diversity else []
     pairs = files["pairs.jsonl"] if args.pairs == "labels" else args.out / "data" / "sample_pairs.jsonl"
     recipes = {
         "pretrain": ("pretrain-clm", pretrain_overrides(files["corpus.txt"], 4000, args.pretrain_minutes)),
@@ -521,13 +525,13 @@ def main() -> None:
         "ppo": ("ppo", [
             f"data.train={files['prompts.jsonl']}", f"model.init_from={sft}", *reward,
             "data.max_length=64", "data.valid_fraction=0.01", f"objective.max_new_tokens={args.max_new_tokens}",
-            f"objective.kl_coef={args.kl_coef}", "trainer.batch_size=16", f"trainer.lr={args.rl_lr}",
+            f"objective.kl_coef={args.kl_coef}", *diversity, "trainer.batch_size=16", f"trainer.lr={args.rl_lr}",
             f"trainer.max_steps={args.ppo_rollouts * 4}", "trainer.eval_every=40",
             "trainer.eval_max_batches=4", *budget]),
         "grpo": ("grpo", [
             f"data.train={files['prompts.jsonl']}", f"model.init_from={sft}", *reward,
             "data.max_length=64", "data.valid_fraction=0.01", f"objective.max_new_tokens={args.max_new_tokens}",
-            f"objective.beta={args.grpo_beta}", "trainer.batch_size=8", f"trainer.lr={args.rl_lr}",
+            f"objective.beta={args.grpo_beta}", *diversity, "trainer.batch_size=8", f"trainer.lr={args.rl_lr}",
             f"trainer.max_steps={args.grpo_rollouts}", "trainer.eval_every=10",
             "trainer.eval_max_batches=8", *budget]),
     }

@@ -13,6 +13,7 @@ from seqlab.align import (
     gae,
     group_advantages,
     kl_estimate,
+    ngram_novelty,
     ppo_policy_loss,
     ppo_value_loss,
     sequence_logps,
@@ -209,3 +210,12 @@ def test_group_advantages_normalise_within_each_group():
 def test_entropy_from_logits():
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
     assert entropy_from_logits(logits).item() == pytest.approx(1.5 * math.log(2))
+
+
+def test_ngram_novelty_is_the_share_of_bigrams_used_once_in_the_batch():
+    replies = [[1, 2, 3, 4], [2, 3, 9], [5, 5, 5], [7], []]
+    # bigrams: (1,2) (2,3) (3,4) | (2,3) (3,9) | (5,5) (5,5) | none | none
+    assert ngram_novelty(replies).tolist() == pytest.approx([2 / 3, 1 / 2, 0.0, 0.0, 0.0])
+    assert ngram_novelty(replies, n=1).tolist() == pytest.approx([2 / 4, 1 / 3, 0.0, 1.0, 0.0])
+    with pytest.raises(ValueError, match="at least 1"):
+        ngram_novelty(replies, n=0)

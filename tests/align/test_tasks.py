@@ -351,3 +351,27 @@ def test_a_reward_ensemble_combines_its_models_rewards(toy, sun_reward, combine)
     expected = torch.minimum(*each) if combine == "min" else (each[0] + each[1]) / 2
     torch.testing.assert_close(combined, expected, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(each[0], each[1])  # two different models, or the test shows nothing
+
+
+@pytest.mark.parametrize("recipe", ["ppo", "grpo"])
+def test_the_diversity_bonus_adds_each_replys_bigram_novelty_to_its_reward(toy, sun_reward, recipe):
+    run = toy["root"] / f"{recipe}-diversity"
+    train(load_config(recipe, _rl_overrides(toy, sun_reward, 1) + ["objective.diversity_coef=2.5"]),
+          run_dir=run)
+    _, task, model, device = open_run(run)
+    task.prepare(fit_vocab=False)
+    rollout = task.make_rollout(model, tuple(range(6)))
+    replies = [row[mask].tolist() for row, mask in zip(rollout["labels"], rollout["mask"])]
+    # The bigrams of every reply of the rollout, counted here; a reply's novelty is the share of
+    # its bigrams that occur once in the whole rollout.
+    counts = {}
+    for reply in replies:
+        for gram in zip(reply, reply[1:]):
+            counts[gram] = counts.get(gram, 0) + 1
+    novelty = [sum(counts[g] == 1 for g in zip(r, r[1:])) / (len(r) - 1) if len(r) > 1 else 0.0
+               for r in replies]
+    sun = [task.template.decode_reply(r).split().count("sun") / 2 for r in replies]
+    assert rollout["novelty"].tolist() == pytest.approx(novelty)
+    assert rollout["scores"].tolist() == pytest.approx([s + 2.5 * v for s, v in zip(sun, novelty)])
+    assert 0 < sum(novelty) < len(novelty)  # some bigrams shared, some not: the sums above say something
+    assert "novelty" in json.loads((run / "rl.jsonl").read_text().splitlines()[0])

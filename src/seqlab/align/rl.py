@@ -7,6 +7,8 @@ the masked positions only.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 __all__ = [
@@ -14,6 +16,7 @@ __all__ = [
     "group_advantages",
     "kl_estimate",
     "masked_mean",
+    "ngram_novelty",
     "ppo_policy_loss",
     "ppo_value_loss",
     "token_rewards",
@@ -198,3 +201,22 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     mean = rewards.mean(dim=1, keepdim=True)
     std = rewards.std(dim=1, keepdim=True)
     return (rewards - mean) / (std + eps)
+
+
+def ngram_novelty(replies: list[list[int]], n: int = 2) -> torch.Tensor:
+    r"""(N,) the share of each reply's n-grams that occur nowhere else in the batch.
+
+    .. math:: \nu_i = \frac{|\{g \in \mathrm{ngrams}(y_i) : c(g) = 1\}|}{|\mathrm{ngrams}(y_i)|}
+
+    where c(g) counts the occurrences of g over all the replies, with repeats: an n-gram used
+    twice, in one reply or in two, is novel in neither place. A reply shorter than n scores 0.
+    Over a batch this is distinct-n (Li et al., 2016) seen from each reply: a policy that repeats
+    its own phrases, or everyone else's, scores low. An RL task adds ``diversity_coef`` times it to
+    every reward.
+    """
+    if n < 1:
+        raise ValueError(f"n should be at least 1, got {n}")
+    grams = [[tuple(reply[i:i + n]) for i in range(len(reply) - n + 1)] for reply in replies]
+    counts = Counter(g for reply in grams for g in reply)
+    return torch.tensor([sum(counts[g] == 1 for g in reply) / len(reply) if reply else 0.0
+                         for reply in grams])

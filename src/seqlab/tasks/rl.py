@@ -87,6 +87,10 @@ class RLObjective(StrictModel):
     reward_from: str | list[str] | None = None
     reward_fn: str | None = None
     reward_combine: Literal["mean", "min"] = "mean"
+    # A bonus of diversity_coef x the share of a reply's word-piece bigrams that no other reply
+    # of the rollout has (seqlab.align.ngram_novelty): the policy is paid for not repeating
+    # itself or the rest of the batch, against the collapse onto a few rewarded phrases.
+    diversity_coef: float = Field(0.0, ge=0)
     max_new_tokens: int = Field(32, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -244,6 +248,15 @@ class RLTask(DPOTask):
                                for model in self.reward_models])  # (K, N)
         return rewards.min(0).values if o.reward_combine == "min" else rewards.mean(0)
 
+    def rollout_rewards(self, prompts, sequences, replies, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) the rewards a rollout trains on (the score plus the diversity bonus), and (N,)
+        each reply's bigram novelty within the rollout."""
+        from seqlab.align import ngram_novelty
+
+        novelty = ngram_novelty(replies, 2).to(device)
+        bonus = self.objective.diversity_coef * novelty
+        return self.scores(prompts, sequences, replies, device) + bonus, novelty
+
     def reward_runs(self) -> list[str]:
         """The reward-model runs of reward.from (one, or an ensemble)."""
         runs = self.objective.reward_from
@@ -320,7 +333,9 @@ class RLTask(DPOTask):
         rows = slice(batch["minibatch"] * size, (batch["minibatch"] + 1) * size)
         minibatch = {name: value[rows] for name, value in data.items()}
         loss, metrics = self.loss(model, minibatch)
-        self._log({"ppo_epoch": batch["ppo_epoch"], "reward": data["scores"].mean(), **metrics})
+        novelty = data.get("novelty")  # absent in a rollout checkpointed by an older version
+        self._log({"ppo_epoch": batch["ppo_epoch"], "reward": data["scores"].mean(),
+                   **({} if novelty is None else {"novelty": novelty.mean()}), **metrics})
         # The rollout is carried (and checkpointed) until its last minibatch is trained on.
         carry = {"prompts": torch.tensor(rollout_key), "data": data}
         return StepOutput(loss, int(minibatch["inputs"].size(0)), carry=carry)
@@ -380,7 +395,7 @@ class PPOTask(RLTask):
         logps, out = self._logps(model, batch)
         values = getattr(model, "module", model).values(out.hidden) * batch["mask"]  # (N, L)
         reference = self._reference_token_logps(model, batch)
-        scores = self.scores(prompts, sequences, replies, device)
+        scores, novelty = self.rollout_rewards(prompts, sequences, replies, device)
         rewards = token_rewards(scores, logps, reference, batch["mask"], o.kl_coef)
         # GAE runs over the reply tokens; replies start at different positions, so each row is
         # shifted to start at 0 and shifted back.
@@ -393,7 +408,7 @@ class PPOTask(RLTask):
             advantages = whiten(advantages, batch["mask"])
         model.train(was_training)
         return {**batch, "old_logps": logps, "old_values": values, "advantages": advantages,
-                "returns": returns, "scores": scores, "kl": (logps - reference).sum(-1)}
+                "returns": returns, "scores": scores, "novelty": novelty, "kl": (logps - reference).sum(-1)}
 
     def loss(self, model, batch):
         from seqlab.align import entropy_from_logits, masked_mean, ppo_policy_loss, ppo_value_loss
@@ -433,11 +448,12 @@ class GRPOTask(RLTask):
         batch = self._tensors(sequences, replies, device)
         logps, _ = self._logps(model, batch)
         reference = self._reference_token_logps(model, batch)
-        scores = self.scores(prompts, sequences, replies, device)
+        scores, novelty = self.rollout_rewards(prompts, sequences, replies, device)
         advantages = group_advantages(scores.view(-1, self.group_size)).view(-1, 1)  # (N, 1)
         model.train(was_training)
         return {**batch, "old_logps": logps, "reference_logps": reference,
-                "advantages": advantages.expand_as(logps).contiguous(), "scores": scores}
+                "advantages": advantages.expand_as(logps).contiguous(), "scores": scores,
+                "novelty": novelty}
 
     def loss(self, model, batch):
         from seqlab.align import kl_estimate, masked_mean, ppo_policy_loss
