@@ -97,8 +97,50 @@ def test_streamed_reply_holds_a_character_back_until_its_bytes_are_drawn(monkeyp
     assert not any("\ufffd" in piece for piece in pieces)
 
 
-def test_best_of_n_keeps_the_best_scored_of_the_replies_stream_reply_draws():
-    from seqlab.align import best_of_n
+def _replies_by_rereading(model, prompt, end, max_new_tokens, n, generator):
+    """sample_replies written out without any cache: every step re-reads the n whole rows."""
+    from seqlab.decode.sampling import sample_next_token
+
+    rows, replies, ended = torch.tensor([prompt] * n), [[] for _ in range(n)], [False] * n
+    for _ in range(max_new_tokens):
+        tokens = sample_next_token(model(rows).logits[:, -1], generator=generator)
+        for row in range(n):
+            if not ended[row]:
+                replies[row].append(int(tokens[row]))
+                ended[row] = int(tokens[row]) == end
+        if all(ended):
+            break
+        rows = torch.cat([rows, tokens[:, None]], dim=1)
+    return replies
+
+
+@pytest.mark.parametrize("family", ["transformer", "recurrent"])
+def test_sample_replies_draws_n_rows_as_a_loop_without_cache_does(family):
+    from seqlab.align import sample_replies
+    from seqlab.models.language_model import LanguageModel
+    from seqlab.models.transformer import TransformerLM
+
+    torch.manual_seed(0)
+    model = (TransformerLM(20, d_model=16, nhead=2, num_layers=1, dim_feedforward=32, max_length=32)
+             if family == "transformer" else LanguageModel(20, 16, cell="gru")).double().eval()
+    prompt = [1, 5, 6]
+    replies = sample_replies(model, prompt, 2, 12, 8, generator=torch.Generator().manual_seed(4),
+                             include_end=True)
+    expected = _replies_by_rereading(model, prompt, 2, 12, 8, torch.Generator().manual_seed(4))
+    assert replies == expected
+    lengths = {len(reply) for reply in replies}
+    assert len(lengths) > 1 and min(lengths) < 12  # rows end at different steps
+    assert all(reply[-1] == 2 for reply in replies if len(reply) < 12)
+    without_end = sample_replies(model, prompt, 2, 12, 8, generator=torch.Generator().manual_seed(4))
+    assert without_end == [reply[:-1] if reply[-1] == 2 else reply for reply in replies]
+    one = sample_replies(model, prompt, 2, 12, 1, generator=torch.Generator().manual_seed(4))
+    assert one == [list(stream_reply(model, prompt, 2, 12, 1.0, generator=torch.Generator().manual_seed(4)))]
+    with pytest.raises(ValueError, match="n >= 1"):
+        sample_replies(model, prompt, 2, 12, 0)
+
+
+def test_best_of_n_keeps_the_best_scored_of_the_replies_sample_replies_draws():
+    from seqlab.align import best_of_n, sample_replies
     from seqlab.models.transformer import TransformerLM
 
     torch.manual_seed(0)
@@ -111,15 +153,15 @@ def test_best_of_n_keeps_the_best_scored_of_the_replies_stream_reply_draws():
 
     best, scores = best_of_n(model, prompt, end_of_turn_id=2, max_new_tokens=12, n=6,
                              score=count_sevens, generator=torch.Generator().manual_seed(3))
-    generator = torch.Generator().manual_seed(3)  # the same six draws, one after another
-    drawn = [list(stream_reply(model, prompt, 2, 12, 1.0, generator=generator, include_end=True))
-             for _ in range(6)]
+    drawn = sample_replies(model, prompt, 2, 12, 6, generator=torch.Generator().manual_seed(3),
+                           include_end=True)  # the same six draws
     expected = count_sevens(prompt, drawn)
     assert torch.equal(scores, expected)
     assert best == drawn[int(expected.argmax())]
     assert len({tuple(reply) for reply in drawn}) > 1  # six different replies to choose from
     one, _ = best_of_n(model, prompt, 2, 12, 1, count_sevens, generator=torch.Generator().manual_seed(3))
-    assert one == drawn[0]  # n = 1 is plain sampling
+    generator = torch.Generator().manual_seed(3)
+    assert one == list(stream_reply(model, prompt, 2, 12, 1.0, generator=generator, include_end=True))
     with pytest.raises(ValueError, match="n >= 1"):
         best_of_n(model, prompt, 2, 12, 0, count_sevens)
     with pytest.raises(ValueError, match="one per reply"):

@@ -5,7 +5,7 @@ The functions here are the maths of each method, for those who write their own l
 `best_of_n` is the alignment that changes no weight: sample n replies, keep the best-rated.
 """
 
-from seqlab.align.chat import ROLES, ChatTemplate, best_of_n, stream_reply
+from seqlab.align.chat import ROLES, ChatTemplate, best_of_n, sample_replies, stream_reply
 from seqlab.align.logprobs import entropy_from_logits, sequence_logps, token_logps
 from seqlab.align.preference import bradley_terry_loss, dpo_loss
 from seqlab.align.rl import (
@@ -34,6 +34,7 @@ __all__ = [
     "ngram_novelty",
     "ppo_policy_loss",
     "ppo_value_loss",
+    "sample_replies",
     "sequence_logps",
     "stream_reply",
     "token_logps",

@@ -143,6 +143,64 @@ def stream_reply(
         model.train(was_training)
 
 
+@torch.no_grad()
+def sample_replies(
+    model: torch.nn.Module,
+    prompt_ids: list[int],
+    end_of_turn_id: int,
+    max_new_tokens: int,
+    n: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    include_end: bool = False,
+) -> list[list[int]]:
+    """``n`` replies to one prompt, drawn side by side.
+
+    The prompt is read as a batch of ``n`` equal rows, and each step draws ``n`` tokens at once
+    with the carried state, so n replies cost one forward pass per token, not n. Each reply
+    ends as in :func:`stream_reply` (its end-of-turn token, kept with ``include_end``, or
+    ``max_new_tokens``, or a Transformer's context); a row that has ended is still fed, and its
+    tokens are dropped, until every row has ended. With n = 1 this is exactly
+    :func:`stream_reply`'s draw; for n > 1 the generator is consumed n tokens at a time, so the
+    replies differ from n calls of it, with the same distribution.
+    """
+    from seqlab.decode.sampling import sample_next_token
+
+    if n < 1:
+        raise ValueError(f"sample_replies needs n >= 1 replies, got n={n}")
+    if not isinstance(model, torch.nn.Module):  # an exported model: one row at a time
+        return [list(stream_reply(model, prompt_ids, end_of_turn_id, max_new_tokens, temperature,
+                                  top_k, top_p, generator, include_end)) for _ in range(n)]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        state = model.new_cache() if hasattr(model, "new_cache") else None
+        limit = getattr(model, "context_length", None)
+        if limit is not None:
+            max_new_tokens = min(max_new_tokens, limit - len(prompt_ids))
+        replies, open_rows = [[] for _ in range(n)], set(range(n))
+        out = model(torch.tensor([prompt_ids] * n, device=device), state=state)
+        for step in range(max(max_new_tokens, 0)):
+            tokens = sample_next_token(out.logits[:, -1], temperature=temperature, top_k=top_k,
+                                       top_p=top_p, generator=generator)  # (n,)
+            for row in sorted(open_rows):
+                token = int(tokens[row])
+                if token != end_of_turn_id or include_end:
+                    replies[row].append(token)
+                if token == end_of_turn_id:
+                    open_rows.discard(row)
+            if not open_rows:
+                break
+            if step + 1 < max_new_tokens:
+                out = model(tokens[:, None], state=out.state)
+        return replies
+    finally:
+        model.train(was_training)
+
+
 def best_of_n(
     model: torch.nn.Module,
     prompt_ids: list[int],
@@ -155,8 +213,8 @@ def best_of_n(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[list[int], torch.Tensor]:
-    """Best-of-n sampling: ``n`` replies to the prompt, each drawn as :func:`stream_reply` draws
-    one (end-of-turn token included), and the one ``score`` rates highest.
+    """Best-of-n sampling: ``n`` replies to the prompt, drawn side by side by
+    :func:`sample_replies` (end-of-turn token included), and the one ``score`` rates highest.
 
     ``score(prompt_ids, replies)`` returns the (n,) rewards of the replies, e.g. a reward model's
     scores of prompt + reply. Returns (the best reply, the (n,) scores). No weight changes: the
@@ -164,8 +222,8 @@ def best_of_n(
     """
     if n < 1:
         raise ValueError(f"best_of_n needs n >= 1 replies to choose from, got n={n}")
-    replies = [list(stream_reply(model, prompt_ids, end_of_turn_id, max_new_tokens, temperature,
-                                 top_k, top_p, generator, include_end=True)) for _ in range(n)]
+    replies = sample_replies(model, prompt_ids, end_of_turn_id, max_new_tokens, n, temperature,
+                             top_k, top_p, generator, include_end=True)
     scores = torch.as_tensor(score(prompt_ids, replies), dtype=torch.float).flatten()
     if scores.numel() != n:
         raise ValueError(f"score returned {scores.numel()} values for {n} replies; it should "

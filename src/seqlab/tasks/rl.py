@@ -270,19 +270,17 @@ class RLTask(DPOTask):
     @torch.no_grad()
     def sample(self, model, split: str, indices, device, generator=None):
         """Replies to the prompts (each ``group_size`` times): prompts, sequences, replies."""
-        from seqlab.align import stream_reply
+        from seqlab.align import sample_replies
 
         o = self.objective
         policy = self.language_model(model)
         prompts, sequences, replies = [], [], []
-        for index in indices:
-            for _ in range(self.group_size):
-                prompt = self.prompt_ids[split][index]
-                reply = list(stream_reply(policy, prompt, self.tokenizer.eos_id, o.max_new_tokens,
-                                          temperature=o.temperature, top_p=o.top_p, generator=generator,
-                                          include_end=True))
-                if not reply:
-                    reply = [self.tokenizer.eos_id]
+        for index in indices:  # a prompt's group of replies is drawn as one batch
+            prompt = self.prompt_ids[split][index]
+            for reply in sample_replies(policy, prompt, self.tokenizer.eos_id, o.max_new_tokens,
+                                        self.group_size, temperature=o.temperature, top_p=o.top_p,
+                                        generator=generator, include_end=True):
+                reply = reply or [self.tokenizer.eos_id]
                 prompts.append(self.pairs[split][index])
                 sequences.append(prompt + reply)
                 replies.append(reply)
