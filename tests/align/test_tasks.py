@@ -280,10 +280,10 @@ def test_rl_run_cut_in_the_middle_of_a_rollout_resumes_to_identical_metrics(toy,
 @pytest.mark.parametrize("recipe", ["ppo", "grpo"])
 def test_ppo_and_grpo_raise_the_reward(toy, sun_reward, recipe):
     run = toy["root"] / f"{recipe}-toy"
-    extra = ["objective.group_size=4", "trainer.batch_size=3"] if recipe == "grpo" else []
+    extra = ["objective.group_size=4", "trainer.batch_size=3", "trainer.lr=0.005"] if recipe == "grpo" \
+        else ["trainer.lr=0.01"]
     steps = 10 if recipe == "grpo" else 16
-    result = train(load_config(recipe, _rl_overrides(toy, sun_reward, steps) + extra + ["trainer.lr=0.01"]),
-                   run_dir=run)
+    result = train(load_config(recipe, _rl_overrides(toy, sun_reward, steps) + extra), run_dir=run)
     # The starting model (the reference) sampled on the same validation prompts.
     _, task, model, device = open_run(run)
     task.prepare(fit_vocab=False)
