@@ -34,7 +34,9 @@ def test_supervised_pairs_and_whole_word_masking(tmp_path, corpus):
         "data.vocab_size=80", "data.max_length=16", "data.min_frequency=1",
         *TINY_TRANSFORMER, *TINY_RECURRENT, *TINY_TRAINER])
     result = train(config, tmp_path / "pairs")
-    assert result.summary["valid"]["loss"] > 0
+    # InfoNCE is >= 0; on a handful of pairs a trained encoder can drive it to 0.0 in float32.
+    valid = result.summary["valid"]
+    assert 0 <= valid["loss"] < float("inf") and 0 <= valid["accuracy"] <= 1
     whole = pretrain(tmp_path / "wwm", corpus, "objective.whole_word=true")
     assert whole.summary["run"]["steps"] == 6
 
