@@ -2,6 +2,7 @@
 and clear errors for bad input."""
 
 import io
+import itertools
 import json
 import math
 import random
@@ -178,6 +179,16 @@ def test_an_exported_chat_model_predicts_and_chats_as_its_run(toy, tmp_path, mon
         assert main(["chat", str(source), "--temperature", "0"]) == 0
         outputs.append(capsys.readouterr().out.splitlines())
     assert outputs[0] == outputs[1] and outputs[0][0] == "moon moon" and len(outputs[0]) == 3
+    # A group of sampled replies, drawn as one batch through the exported graphs, is the run's.
+    from seqlab.align import sample_replies
+    from seqlab.export import open_export
+
+    _, task, exported = open_export(tmp_path / "onnx")
+    _, _, model, _ = open_run(toy["sft"])
+    prompt = task.template.encode([{"role": "user", "content": "say moon"}], add_generation_prompt=True)[0]
+    groups = [sample_replies(m, prompt, task.tokenizer.eos_id, 6, 4, generator=torch.Generator().manual_seed(1))
+              for m in (exported, model)]
+    assert groups[0] == groups[1] and len({tuple(reply) for reply in groups[0]}) > 1
 
 
 def test_chat_refuses_a_run_not_tuned_for_chat(toy, tmp_path, capsys):
@@ -358,7 +369,7 @@ def test_the_diversity_bonus_adds_each_replys_bigram_novelty_to_its_reward(toy, 
     run = toy["root"] / f"{recipe}-diversity"
     train(load_config(recipe, _rl_overrides(toy, sun_reward, 1) + ["objective.diversity_coef=2.5"]),
           run_dir=run)
-    _, task, model, device = open_run(run)
+    _, task, model, _ = open_run(run)
     task.prepare(fit_vocab=False)
     rollout = task.make_rollout(model, tuple(range(6)))
     replies = [row[mask].tolist() for row, mask in zip(rollout["labels"], rollout["mask"])]
@@ -366,9 +377,9 @@ def test_the_diversity_bonus_adds_each_replys_bigram_novelty_to_its_reward(toy, 
     # its bigrams that occur once in the whole rollout.
     counts = {}
     for reply in replies:
-        for gram in zip(reply, reply[1:]):
+        for gram in itertools.pairwise(reply):
             counts[gram] = counts.get(gram, 0) + 1
-    novelty = [sum(counts[g] == 1 for g in zip(r, r[1:])) / (len(r) - 1) if len(r) > 1 else 0.0
+    novelty = [sum(counts[g] == 1 for g in itertools.pairwise(r)) / (len(r) - 1) if len(r) > 1 else 0.0
                for r in replies]
     sun = [task.template.decode_reply(r).split().count("sun") / 2 for r in replies]
     assert rollout["novelty"].tolist() == pytest.approx(novelty)

@@ -18,11 +18,12 @@ tokens are read but never scored.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ROLES", "ChatTemplate", "stream_reply"]
+__all__ = ["ROLES", "ChatTemplate", "best_of_n", "sample_replies", "stream_reply"]
 
 ROLES = ("system", "user", "assistant")
 
@@ -99,6 +100,46 @@ class ChatTemplate:
 
 
 @torch.no_grad()
+def _token_rows(
+    model: torch.nn.Module,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    n: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> Iterator[torch.Tensor]:
+    """Yield the (n,) tokens drawn at each step for n copies of the prompt.
+
+    The prompt is read once, as n equal rows; then each step's tokens are fed alone with the
+    carried state (a Transformer's key/value cache, a recurrent network's hidden state), up to
+    ``max_new_tokens`` or a Transformer's ``context_length`` (the positions a soft prompt
+    leaves). The next forward pass runs only when the next tokens are asked for. The model is in
+    eval mode meanwhile and back in its own mode once the iterator is closed.
+    """
+    from seqlab.decode.sampling import sample_next_token
+
+    # An exported model (onnxruntime) has no parameters and reads CPU tensors.
+    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else "cpu"
+    was_training = model.training
+    model.eval()
+    try:
+        state = model.new_cache() if hasattr(model, "new_cache") else None
+        limit = getattr(model, "context_length", None)  # None: a recurrent model has no limit
+        if limit is not None:
+            max_new_tokens = min(max_new_tokens, limit - len(prompt_ids))
+        out = model(torch.tensor([prompt_ids] * n, device=device), state=state)
+        for step in range(max(max_new_tokens, 0)):
+            tokens = sample_next_token(out.logits[:, -1], temperature=temperature, top_k=top_k,
+                                       top_p=top_p, generator=generator)  # (n,)
+            yield tokens
+            if step + 1 < max_new_tokens:
+                out = model(tokens[:, None], state=out.state)
+    finally:
+        model.train(was_training)
+
+
 def stream_reply(
     model: torch.nn.Module,
     prompt_ids: list[int],
@@ -117,33 +158,16 @@ def stream_reply(
     Transformer's key/value cache, a recurrent network's hidden state). A Transformer stops at
     its ``context_length`` (the positions a soft prompt leaves).
     """
-    from seqlab.decode.sampling import sample_next_token
-
-    # An exported model (onnxruntime) has no parameters and reads CPU tensors.
-    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else "cpu"
-    was_training = model.training
-    model.eval()
-    try:
-        state = model.new_cache() if hasattr(model, "new_cache") else None
-        limit = getattr(model, "context_length", None)  # None: a recurrent model has no limit
-        if limit is not None:
-            max_new_tokens = min(max_new_tokens, limit - len(prompt_ids))
-        out = model(torch.tensor([prompt_ids], device=device), state=state)
-        for step in range(max(max_new_tokens, 0)):
-            token = sample_next_token(out.logits[:, -1], temperature=temperature, top_k=top_k,
-                                      top_p=top_p, generator=generator)  # (1,)
-            if int(token) == end_of_turn_id:
-                if include_end:
-                    yield int(token)
+    with closing(_token_rows(model, prompt_ids, max_new_tokens, 1, temperature, top_k, top_p,
+                             generator)) as rows:
+        for tokens in rows:
+            token = int(tokens[0])
+            if token != end_of_turn_id or include_end:
+                yield token
+            if token == end_of_turn_id:
                 return
-            yield int(token)
-            if step + 1 < max_new_tokens:
-                out = model(token[:, None], state=out.state)
-    finally:
-        model.train(was_training)
 
 
-@torch.no_grad()
 def sample_replies(
     model: torch.nn.Module,
     prompt_ids: list[int],
@@ -166,39 +190,21 @@ def sample_replies(
     :func:`stream_reply`'s draw; for n > 1 the generator is consumed n tokens at a time, so the
     replies differ from n calls of it, with the same distribution.
     """
-    from seqlab.decode.sampling import sample_next_token
-
     if n < 1:
         raise ValueError(f"sample_replies needs n >= 1 replies, got n={n}")
-    if not isinstance(model, torch.nn.Module):  # an exported model: one row at a time
-        return [list(stream_reply(model, prompt_ids, end_of_turn_id, max_new_tokens, temperature,
-                                  top_k, top_p, generator, include_end)) for _ in range(n)]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        state = model.new_cache() if hasattr(model, "new_cache") else None
-        limit = getattr(model, "context_length", None)
-        if limit is not None:
-            max_new_tokens = min(max_new_tokens, limit - len(prompt_ids))
-        replies, open_rows = [[] for _ in range(n)], set(range(n))
-        out = model(torch.tensor([prompt_ids] * n, device=device), state=state)
-        for step in range(max(max_new_tokens, 0)):
-            tokens = sample_next_token(out.logits[:, -1], temperature=temperature, top_k=top_k,
-                                       top_p=top_p, generator=generator)  # (n,)
-            for row in sorted(open_rows):
-                token = int(tokens[row])
-                if token != end_of_turn_id or include_end:
+    replies, ended = [[] for _ in range(n)], [False] * n
+    with closing(_token_rows(model, prompt_ids, max_new_tokens, n, temperature, top_k, top_p,
+                             generator)) as rows:
+        for tokens in rows:
+            for row, token in enumerate(tokens.tolist()):
+                if ended[row]:
+                    continue
+                ended[row] = token == end_of_turn_id
+                if not ended[row] or include_end:
                     replies[row].append(token)
-                if token == end_of_turn_id:
-                    open_rows.discard(row)
-            if not open_rows:
+            if all(ended):
                 break
-            if step + 1 < max_new_tokens:
-                out = model(tokens[:, None], state=out.state)
-        return replies
-    finally:
-        model.train(was_training)
+    return replies
 
 
 def best_of_n(
