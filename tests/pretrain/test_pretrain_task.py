@@ -34,9 +34,26 @@ def test_supervised_pairs_and_whole_word_masking(tmp_path, corpus):
         "data.vocab_size=80", "data.max_length=16", "data.min_frequency=1",
         *TINY_TRANSFORMER, *TINY_RECURRENT, *TINY_TRAINER])
     result = train(config, tmp_path / "pairs")
-    # InfoNCE is >= 0; on a handful of pairs a trained encoder can drive it to 0.0 in float32.
-    valid = result.summary["valid"]
-    assert 0 <= valid["loss"] < float("inf") and 0 <= valid["accuracy"] <= 1
+    # The loss of a batch of pairs is InfoNCE with the *other column* as the positive, both ways,
+    # written out here from the trained encoder's sentence vectors.
+    import torch
+    import torch.nn.functional as F
+
+    from seqlab.train.run import open_run
+
+    _, task, model, _ = open_run(result.run_dir)
+    task.prepare(fit_vocab=False)
+    model.eval()
+    batch = task._collate(task.examples["train"][:8], seed=0)
+    with torch.no_grad():
+        loss, sums, count = task._losses(model, batch)
+        first = model(batch["inputs"], lengths=batch["lengths"]).pooled
+        second = model(batch["positives"], lengths=batch["positive_lengths"]).pooled
+    cosines = F.normalize(first, dim=-1) @ F.normalize(second, dim=-1).T / 0.05  # (8, 8)
+    labels = torch.arange(8)
+    expected = (F.cross_entropy(cosines, labels) + F.cross_entropy(cosines.T, labels)) / 2
+    assert count == 8 and float(loss) == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
+    assert sums["accuracy"] == float((cosines.argmax(1) == labels).sum())
     whole = pretrain(tmp_path / "wwm", corpus, "objective.whole_word=true")
     assert whole.summary["run"]["steps"] == 6
 
