@@ -484,6 +484,8 @@ def main() -> None:
     if args.best_of < 1 or args.reward_models < 1:
         parser.error("--best-of and --reward-models need a whole number >= 1 "
                      f"(got --best-of {args.best_of}, --reward-models {args.reward_models})")
+    if args.diversity < 0:
+        parser.error(f"--diversity is a bonus, a number >= 0 (got {args.diversity})")
     if args.quick:
         args.samples, args.pretrain_minutes = 20, 0.5
     require(args.data, ("wikitext-2/valid.txt", "sentences/mr/train.tsv"), "WikiText-2 and MR")

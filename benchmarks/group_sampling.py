@@ -20,7 +20,6 @@ median sampled tokens per second and the ratio to transformers.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import tempfile
 import time
@@ -28,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from recurrent import device_name  # benchmarks/recurrent.py: the CPU's model name and threads
 
 from seqlab.align import sample_replies, stream_reply
 from seqlab.models import from_pretrained_hf
@@ -62,34 +62,31 @@ def main() -> None:
     prompt = torch.randint(2, args.vocab, (args.prompt_length,)).tolist()
     new = args.new_tokens
 
+    def candidates(n: int, generator: torch.Generator) -> dict:
+        """Each candidate draws n replies of `new` tokens to the prompt."""
+        ids = torch.tensor([prompt])
+        return {
+            "seqlab stream_reply, n calls": lambda: [
+                list(stream_reply(ours, prompt, NEVER, new, 1.0, generator=generator)) for _ in range(n)],
+            "seqlab sample_replies, one batch": lambda: sample_replies(
+                ours, prompt, NEVER, new, n, generator=generator),
+            "transformers generate(num_return_sequences=n)": lambda: peer.generate(
+                ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
+                num_return_sequences=n, max_new_tokens=new, min_new_tokens=new, pad_token_id=0),
+        }
+
     rows = []
     for n in args.ns:
-        generator = torch.Generator().manual_seed(0)
-
-        def one_at_a_time():
-            return [list(stream_reply(ours, prompt, NEVER, new, 1.0, generator=generator))
-                    for _ in range(n)]
-
-        def batched():
-            return sample_replies(ours, prompt, NEVER, new, n, generator=generator)
-
-        def transformers_generate():
-            ids = torch.tensor([prompt])
-            return peer.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                 top_k=0, num_return_sequences=n, max_new_tokens=new,
-                                 min_new_tokens=new, pad_token_id=0)
-
-        candidates = {"seqlab stream_reply, n calls": one_at_a_time,
-                      "seqlab sample_replies, one batch": batched,
-                      "transformers generate(num_return_sequences=n)": transformers_generate}
-        times = {name: [] for name in candidates}
+        runs = candidates(n, torch.Generator().manual_seed(0))
+        times = {name: [] for name in runs}
         with torch.inference_mode():
-            for name, run in candidates.items():  # warm-up, and every reply has its length
+            for run in runs.values():  # warm-up; every candidate draws n x new tokens
                 out = run()
-                assert all(len(reply) == new for reply in out) if name.startswith("seqlab") \
-                    else out.shape == (n, args.prompt_length + new)
+                lengths = [len(reply) for reply in out] if isinstance(out, list) else \
+                    [out.size(1) - args.prompt_length] * out.size(0)
+                assert lengths == [new] * n, lengths
             for _ in range(args.repeats):
-                for name, run in candidates.items():
+                for name, run in runs.items():
                     began = time.perf_counter()
                     run()
                     times[name].append(time.perf_counter() - began)
@@ -99,11 +96,11 @@ def main() -> None:
             rows.append(f"| {n} | {name} | {rate:,.0f} | {rate / peer_rate:.2f}x |")
 
     table = "\n".join([
-        f"- device: CPU {platform.processor() or platform.machine()}, {args.threads} thread(s); "
-        f"torch {torch.__version__}, transformers {transformers.__version__}",
-        f"- GPT-2 {args.layers} layers, n_embd={args.width}, 4 heads, vocab {args.vocab}; prompt "
-        f"{args.prompt_length} tokens, n replies of {new} tokens each, temperature 1; median of "
-        f"{args.repeats}",
+        (f"- device: {device_name(torch.device('cpu'))}; torch {torch.__version__}, "
+         f"transformers {transformers.__version__}"),
+        (f"- GPT-2 {args.layers} layers, n_embd={args.width}, 4 heads, vocab {args.vocab}; prompt "
+         f"{args.prompt_length} tokens, n replies of {new} tokens each, temperature 1; median of "
+         f"{args.repeats}"),
         "",
         "| n | candidate | sampled tokens/s | vs transformers |",
         "|---:|---|---:|---:|",
